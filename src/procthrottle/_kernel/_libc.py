@@ -1,0 +1,158 @@
+"""ctypes access to the System V calls that ``sysv_ipc`` lacks.
+
+``sysv_ipc`` makes sets of one semaphore and its PyPI wheels are built without ``semtimedop``
+(a timed acquire blocks forever), so set creation with several semaphores, ``GETVAL`` on any of
+them, multi-operation ``semop`` and the timed wait go straight to libc.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import math
+import os
+import sys
+import time
+
+IPC_CREAT = 0o1000
+IPC_EXCL = 0o2000
+IPC_NOWAIT = 0o4000
+IPC_RMID = 0
+SEM_UNDO = 0x1000
+if sys.platform == "darwin":  # pragma: no cover - constants of <sys/sem.h> differ
+    GETVAL, SETALL = 5, 9
+else:
+    GETVAL, SETALL = 12, 17
+
+
+class SemBuf(ctypes.Structure):
+    _fields_ = (
+        ("sem_num", ctypes.c_ushort),
+        ("sem_op", ctypes.c_short),
+        ("sem_flg", ctypes.c_short),
+    )
+
+
+class _TimeSpec(ctypes.Structure):
+    _fields_ = (("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long))
+
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)  # releases the GIL per call
+_semget = _libc.semget
+_semget.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int)
+_semget.restype = ctypes.c_int
+_semctl = _libc.semctl  # variadic: argtypes stay unset
+_semctl.restype = ctypes.c_int
+_semop = _libc.semop
+_semop.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t)
+_semop.restype = ctypes.c_int
+_semtimedop = getattr(_libc, "semtimedop", None)  # Linux only; macOS polls below
+if _semtimedop is not None:
+    _semtimedop.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p)
+    _semtimedop.restype = ctypes.c_int
+
+#: errno values meaning "this set no longer exists".
+GONE = frozenset({errno.EIDRM, errno.EINVAL})
+
+
+def _oserror() -> OSError:
+    code = ctypes.get_errno()
+    return OSError(code, os.strerror(code))
+
+
+def ops(*triples: tuple[int, int, int]) -> ctypes.Array[SemBuf]:
+    """Build a reusable array of ``(sem_num, sem_op, sem_flg)`` operations."""
+    return (SemBuf * len(triples))(*(SemBuf(*t) for t in triples))
+
+
+def create(key: int, values: list[int], mode: int = 0o600) -> int | None:
+    """Create a set with these initial values; None if ``key`` is taken."""
+    semid = _semget(key, len(values), IPC_CREAT | IPC_EXCL | mode)
+    if semid < 0:
+        if ctypes.get_errno() == errno.EEXIST:
+            return None
+        raise _oserror()
+    array = (ctypes.c_ushort * len(values))(*values)
+    if _semctl(semid, 0, SETALL, array) < 0:  # pragma: no cover - only fails if removed at once
+        err = _oserror()
+        remove(semid)
+        raise err
+    return semid
+
+
+def lookup(key: int) -> int | None:
+    """The id of the set with ``key``, or None if there is none."""
+    semid = _semget(key, 0, 0)
+    if semid < 0:
+        if ctypes.get_errno() == errno.ENOENT:
+            return None
+        raise _oserror()
+    return semid
+
+
+def getval(semid: int, num: int) -> int:
+    value: int = _semctl(semid, num, GETVAL)
+    if value < 0:
+        raise _oserror()
+    return value
+
+
+def remove(semid: int) -> bool:
+    """Remove the set; False if it was already gone."""
+    if _semctl(semid, 0, IPC_RMID) < 0:
+        if ctypes.get_errno() in GONE:
+            return False
+        raise _oserror()
+    return True
+
+
+def semop(semid: int, operations: ctypes.Array[SemBuf]) -> bool:
+    """Apply the operations atomically; False if IPC_NOWAIT made them fail with EAGAIN."""
+    while _semop(semid, operations, len(operations)) < 0:
+        code = ctypes.get_errno()
+        if code == errno.EAGAIN:
+            return False
+        if code != errno.EINTR:
+            raise OSError(code, os.strerror(code))
+    return True
+
+
+def wait(semid: int, operations: ctypes.Array[SemBuf], timeout: float | None) -> bool:
+    """Block until the operations apply (True) or ``timeout`` seconds pass (False).
+
+    The call releases the GIL. After EINTR it returns to Python, so signal handlers (and
+    KeyboardInterrupt) run, then waits again for the time that is left.
+    """
+    deadline = None if timeout is None else time.monotonic() + timeout
+    if _semtimedop is None:  # pragma: no cover - macOS
+        return _poll(semid, operations, deadline)
+    spec = _TimeSpec()
+    while True:
+        if deadline is None:
+            result = _semtimedop(semid, operations, len(operations), None)
+        else:
+            remaining = max(0.0, deadline - time.monotonic())
+            frac, whole = math.modf(remaining)
+            spec.tv_sec, spec.tv_nsec = int(whole), int(frac * 1e9)
+            result = _semtimedop(semid, operations, len(operations), ctypes.byref(spec))
+        if result == 0:
+            return True
+        code = ctypes.get_errno()
+        if code == errno.EAGAIN:
+            return False
+        if code != errno.EINTR:
+            raise OSError(code, os.strerror(code))
+
+
+def _poll(
+    semid: int, operations: ctypes.Array[SemBuf], deadline: float | None
+) -> bool:  # pragma: no cover - macOS has no semtimedop
+    nowait = ops(*((b.sem_num, b.sem_op, b.sem_flg | IPC_NOWAIT) for b in operations))
+    delay = 0.0001
+    while not semop(semid, nowait):
+        if deadline is not None and time.monotonic() >= deadline:
+            return False
+        time.sleep(delay)
+        delay = min(delay * 2, 0.01)
+    return True
