@@ -73,12 +73,13 @@ def create(key: int, values: list[int], mode: int = 0o600) -> int | None:
         if ctypes.get_errno() == errno.EEXIST:
             return None
         raise _oserror()
+    semid = int(semid)
     array = (ctypes.c_ushort * len(values))(*values)
     if _semctl(semid, 0, SETALL, array) < 0:  # pragma: no cover - only fails if removed at once
         err = _oserror()
         remove(semid)
         raise err
-    return semid
+    return int(semid)
 
 
 def lookup(key: int) -> int | None:
@@ -88,7 +89,7 @@ def lookup(key: int) -> int | None:
         if ctypes.get_errno() == errno.ENOENT:
             return None
         raise _oserror()
-    return semid
+    return int(semid)
 
 
 def getval(semid: int, num: int) -> int:

@@ -1,10 +1,11 @@
 """The fast kernel: a POSIX semaphore (a futex in shared memory), not crash-safe.
 
-Uncontended acquire and release never enter the kernel, which makes this several times faster
-than the System V kernel; the price is that the kernel does not know who holds a permit, so the
-permits of a process that dies while holding them are lost. In exchange a permit may be released
-by any process. The limit of a named semaphore is kept as the value of a companion semaphore
-that nobody acquires.
+It is the C ``SemLock`` that ``multiprocessing.Semaphore`` is built on, opened by name so that it
+pickles by identity. Uncontended acquire and release never enter the kernel nor release the GIL,
+which makes this kernel several times faster than the System V one; the price is that the kernel
+does not know who holds a permit, so the permits of a process that dies holding them are lost.
+In exchange any process may release a permit. The limit of a named semaphore is kept as the
+value of a companion semaphore that nobody acquires.
 """
 
 from __future__ import annotations
@@ -12,17 +13,16 @@ from __future__ import annotations
 import hashlib
 import secrets
 import time
+from _multiprocessing import SemLock, sem_unlink  # type: ignore[attr-defined]
 from multiprocessing.util import Finalize
 from typing import Any, NoReturn
 
-import posix_ipc
-
 from .._exceptions import SemaphoreClosedError
 from ._semaphore import ProcessSemaphore, validate
-from ._validate import check_count, check_timeout
+from ._validate import check_count
 
-MAX_LIMIT: int = posix_ipc.SEMAPHORE_VALUE_MAX
-_MODE = 0o600
+MAX_LIMIT = 2**31 - 1  # SEM_VALUE_MAX on Linux
+_SEMAPHORE = 1  # SemLock kind; created owner-only (0o600) by SemLock itself
 
 
 def os_names(name: str) -> tuple[str, str]:
@@ -31,18 +31,28 @@ def os_names(name: str) -> tuple[str, str]:
     return f"/pt-{digest}", f"/pt-{digest}.l"
 
 
-def _open(os_name: str, *, create: int = 0, value: int = 0) -> Any:
-    return posix_ipc.Semaphore(os_name, create, _MODE, value)
+def _create(os_name: str, limit: int) -> Any:
+    return SemLock(_SEMAPHORE, limit, limit, os_name, False)
+
+
+def _open(os_name: str, limit: int) -> Any:
+    return SemLock._rebuild(0, _SEMAPHORE, limit, os_name)
+
+
+def _unlink(os_name: str) -> bool:
+    try:
+        sem_unlink(os_name)
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def _open_or_create_named(name: str, limit: int) -> tuple[Any, str]:
     permits_name, limit_name = os_names(name)
     try:  # the limit semaphore comes first: once it exists, the permits follow at once
-        limit_sem = _open(limit_name, create=posix_ipc.O_CREX, value=limit)
-    except posix_ipc.ExistentialError:
-        limit_sem = _open(limit_name)
-        existing = limit_sem.value
-        limit_sem.close()
+        _create(limit_name, limit)
+    except FileExistsError:
+        existing = _open(limit_name, limit)._get_value()
         if existing != limit:
             raise ValueError(
                 f"semaphore {name!r} (crash_safe=False) already exists with limit={existing}, "
@@ -51,102 +61,85 @@ def _open_or_create_named(name: str, limit: int) -> tuple[Any, str]:
         deadline = time.monotonic() + 2.0
         while True:
             try:
-                return _open(permits_name), permits_name
-            except posix_ipc.ExistentialError:
+                return _open(permits_name, limit), permits_name
+            except FileNotFoundError:
                 if time.monotonic() > deadline:
                     raise SemaphoreClosedError(
                         f"semaphore {name!r} is half-made (its creator died); unlink it"
                     ) from None
                 time.sleep(0.001)
-    limit_sem.close()
-    return _open(permits_name, create=posix_ipc.O_CREAT, value=limit), permits_name
+    return _create(permits_name, limit), permits_name
 
 
-def _finalize(handle: Any, os_name: str, owned: bool) -> None:
-    handle.close()
-    if owned:  # the creator of an anonymous semaphore removes its name
-        try:
-            posix_ipc.unlink_semaphore(os_name)
-        except posix_ipc.ExistentialError:
-            pass
+def _closed(*args: object, **kwargs: object) -> NoReturn:
+    raise SemaphoreClosedError("the semaphore was closed in this process")
 
 
 class PosixSemaphore(ProcessSemaphore):
-    """``ProcessSemaphore(crash_safe=False)`` on Linux and macOS."""
+    """``ProcessSemaphore(crash_safe=False)`` on Linux and macOS.
 
-    __slots__ = ("_closed", "_finalizer", "_handle", "_limit", "_name", "_os_name")
+    ``acquire`` is the C method of the underlying ``SemLock``, bound on the instance: the hot
+    path runs no Python code at all.
+    """
 
-    _handle: Any  # posix_ipc.Semaphore
+    # no __slots__: the instance dict holds the bound C acquire
 
-    def __init__(self, limit: int = 1, *, name: str | None = None, crash_safe: bool = False) -> None:
+    def __init__(
+        self, limit: int = 1, *, name: str | None = None, crash_safe: bool = False
+    ) -> None:
         limit, name = validate(limit, name, maximum=MAX_LIMIT)
         if name is None:
-            while True:
-                os_name = f"/pt-anon-{secrets.token_hex(8)}"
-                try:
-                    handle = _open(os_name, create=posix_ipc.O_CREX, value=limit)
-                    break
-                except posix_ipc.ExistentialError:  # pragma: no cover - 64-bit collision
-                    continue
+            os_name = f"/pt-anon-{secrets.token_hex(8)}"
+            lock = _create(os_name, limit)
         else:
-            handle, os_name = _open_or_create_named(name, limit)
-        self._setup(handle, os_name, limit, name, owned=name is None)
+            lock, os_name = _open_or_create_named(name, limit)
+        self._setup(lock, os_name, limit, name, owned=name is None)
 
-    def _setup(self, handle: Any, os_name: str, limit: int, name: str | None, *, owned: bool) -> None:
-        self._handle, self._os_name, self._limit, self._name = handle, os_name, limit, name
+    def _setup(self, lock: Any, os_name: str, limit: int, name: str | None, *, owned: bool) -> None:
+        self._lock, self._os_name, self._limit, self._name = lock, os_name, limit, name
         self._closed = False
-        self._finalizer = Finalize(self, _finalize, args=(handle, os_name, owned), exitpriority=10)
+        self.acquire = lock.acquire  # type: ignore[method-assign]
+        self._release = lock.release
+        # The creator of an anonymous semaphore removes its name when it closes or exits;
+        # processes that opened it keep working (POSIX unlink semantics).
+        self._finalizer = Finalize(self, _unlink if owned else _noop, args=(os_name,))
 
     @classmethod
     def _open_anonymous(cls, os_name: str, limit: int) -> PosixSemaphore:
         try:
-            handle = _open(os_name)
-        except posix_ipc.ExistentialError:
+            lock = _open(os_name, limit)
+        except FileNotFoundError:
             raise SemaphoreClosedError(
                 "this anonymous semaphore no longer exists: the process that created it closed "
                 "it or exited. Keep the creator's ProcessSemaphore alive while others use it, "
                 "or give it a name="
             ) from None
-        self = ProcessSemaphore.__new__(cls)
-        self._setup(handle, os_name, limit, None, owned=False)
+        self = object.__new__(cls)
+        self._setup(lock, os_name, limit, None, owned=False)
         return self
 
-    def _raise_closed(self) -> NoReturn:
-        raise SemaphoreClosedError("the semaphore was closed in this process")
-
     def acquire(self, block: bool = True, timeout: float | None = None) -> bool:
-        if self._closed:
-            self._raise_closed()
-        try:
-            if not block:
-                self._handle.acquire(0)
-            elif timeout is None:
-                while True:
-                    try:
-                        self._handle.acquire()  # sem_wait, GIL released
-                        break
-                    except posix_ipc.SignalError:
-                        continue  # handlers (KeyboardInterrupt) have run; wait again
-            else:
-                timeout = check_timeout(timeout)
-                self._handle.acquire(max(timeout or 0.0, 0.0))
-        except posix_ipc.BusyError:
-            return False
-        return True
+        raise NotImplementedError  # pragma: no cover - replaced per instance in _setup
 
     def release(self, n: int = 1) -> None:
-        if n.__class__ is not int or n < 1:
+        try:
+            if n == 1 and n.__class__ is int:
+                self._release()
+                return
             check_count(n)
-        if self._closed:
-            self._raise_closed()
-        handle = self._handle
-        if handle.value + n > self._limit:
+            if self._closed:
+                _closed()
+            if self._lock._get_value() + n > self._limit:
+                raise ValueError("semaphore or lock released too many times")
+            for _ in range(n):
+                self._release()
+        except ValueError as exc:
+            if "too many" not in str(exc):
+                raise
             raise ValueError(
                 f"release(n={n}) would raise the value above limit={self._limit} "
-                f"(value is {handle.value}); release only permits that were acquired"
-            )
-        for _ in range(n):
-            handle.release()
+                f"(value is {self.value}); release only permits that were acquired"
+            ) from None
 
     @property
     def limit(self) -> int:
@@ -163,23 +156,21 @@ class PosixSemaphore(ProcessSemaphore):
     @property
     def value(self) -> int:
         if self._closed:
-            self._raise_closed()
-        value: int = self._handle.value
+            _closed()
+        value: int = self._lock._get_value()
         return value
 
     def close(self) -> None:
         if not self._closed:
             self._closed = True
+            self.acquire = self._release = _closed  # type: ignore[method-assign]
             self._finalizer()
 
     def unlink(self) -> None:
         if self._name is not None:
             unlink_named(self._name)
         else:
-            try:
-                posix_ipc.unlink_semaphore(self._os_name)
-            except posix_ipc.ExistentialError:
-                pass
+            _unlink(self._os_name)
         self.close()
 
     def __reduce__(self) -> tuple[Any, ...]:
@@ -190,6 +181,10 @@ class PosixSemaphore(ProcessSemaphore):
         return (PosixSemaphore._open_anonymous, (self._os_name, self._limit))
 
 
+def _noop(os_name: str) -> None:
+    pass
+
+
 def _open_named(name: str, limit: int) -> ProcessSemaphore:
     return ProcessSemaphore(limit, name=name, crash_safe=False)
 
@@ -198,23 +193,13 @@ def find_named(name: str) -> tuple[int, int] | None:
     """``(limit, value)`` of the named semaphore, or None if it does not exist."""
     permits_name, limit_name = os_names(name)
     try:
-        limit_sem, permits = _open(limit_name), _open(permits_name)
-    except posix_ipc.ExistentialError:
+        limit = _open(limit_name, 1)._get_value()
+        return limit, _open(permits_name, limit)._get_value()
+    except FileNotFoundError:
         return None
-    try:
-        return limit_sem.value, permits.value
-    finally:
-        limit_sem.close()
-        permits.close()
 
 
 def unlink_named(name: str) -> bool:
     """Remove the named semaphore's OS objects; False if there were none."""
-    removed = False
-    for os_name in os_names(name):
-        try:
-            posix_ipc.unlink_semaphore(os_name)
-            removed = True
-        except posix_ipc.ExistentialError:
-            pass
-    return removed
+    removed = [_unlink(os_name) for os_name in os_names(name)]  # both, no short cut
+    return any(removed)

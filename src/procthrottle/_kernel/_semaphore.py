@@ -6,6 +6,11 @@ import sys
 from types import TracebackType
 from typing import Any
 
+if sys.version_info >= (3, 11):
+    from typing import Self
+else:  # pragma: no cover
+    from typing_extensions import Self
+
 from ._validate import check_limit, check_name
 
 
@@ -27,9 +32,9 @@ class ProcessSemaphore:
 
     __slots__ = ("__weakref__",)
 
-    def __new__(
+    def __new__(  # noqa: PYI034
         cls, limit: int = 1, *, name: str | None = None, crash_safe: bool = True
-    ) -> ProcessSemaphore:
+    ) -> ProcessSemaphore:  # the kernel subclass, not always cls
         if cls is ProcessSemaphore:
             cls = _kernel_class(crash_safe)
         return object.__new__(cls)
@@ -75,7 +80,7 @@ class ProcessSemaphore:
         raise NotImplementedError  # pragma: no cover
 
     # -- shared behaviour --------------------------------------------------------------------
-    def __enter__(self) -> ProcessSemaphore:
+    def __enter__(self) -> Self:
         self.acquire()
         return self
 

@@ -10,11 +10,11 @@ anonymous set removes it. docs/design.md explains why.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
 import secrets
-import threading
 import time
 import weakref
 from multiprocessing.util import Finalize
@@ -40,30 +40,23 @@ _DETACH = _libc.ops((ATTACH, -1, _libc.SEM_UNDO | _libc.IPC_NOWAIT))
 _IF_UNUSED = _libc.ops((ATTACH, 0, _libc.IPC_NOWAIT))
 
 
-class _Owner:
-    """Permits this process holds from one set: the kernel's undo value, mirrored."""
-
-    __slots__ = ("held", "lock")
-
-    def __init__(self) -> None:
-        self.held = 0
-        self.lock = threading.Lock()
-
-
-_owners: dict[int, _Owner] = {}
+# Permits this process holds, per set: the kernel's undo values, mirrored. One token per
+# permit; list.append and list.pop are atomic, so no lock sits on the hot path, and pop from an
+# empty list is exactly the over-release we must refuse.
+_held: dict[int, list[None]] = {}
 _live: weakref.WeakSet[SysVSemaphore] = weakref.WeakSet()
 
 
-def _owner(semid: int, *, fresh: bool = False) -> _Owner:
-    owner = _owners.get(semid)
-    if owner is None or fresh:
-        owner = _owners[semid] = _Owner()
-    return owner
+def _tokens(semid: int, *, fresh: bool = False) -> list[None]:
+    tokens = _held.get(semid)
+    if tokens is None or fresh:
+        tokens = _held[semid] = []
+    return tokens
 
 
 def _after_fork_in_child() -> None:
     # Undo values are not inherited: the child holds no permit and has attached to nothing.
-    _owners.clear()
+    _held.clear()
     for sem in list(_live):
         sem._reattach()
 
@@ -151,9 +144,9 @@ def _open_or_create_named(name: str, limit: int) -> tuple[int, int, bool]:
             key = _key(name, probe)
             if _lookup(key) is not None:
                 continue
-            semid = _libc.create(key, _initial(limit, _tag(name)))
-            if semid is not None:
-                return key, semid, True
+            new = _libc.create(key, _initial(limit, _tag(name)))
+            if new is not None:
+                return key, new, True
             break  # taken meanwhile: look again, it may be our name
     raise OSError(
         errno.ENOSPC, f"no free System V key for semaphore {name!r} after {PROBES} probes"
@@ -166,7 +159,7 @@ def _detach(semid: int, anonymous: bool) -> None:
         _libc.semop(semid, _DETACH)
         if anonymous and _libc.semop(semid, _IF_UNUSED):
             _libc.remove(semid)
-            _owners.pop(semid, None)
+            _held.pop(semid, None)
     except OSError as exc:
         if exc.errno not in _libc.GONE:  # pragma: no cover - unexpected kernel error
             raise
@@ -191,7 +184,7 @@ class _Closed:
 class SysVSemaphore(ProcessSemaphore):
     """``ProcessSemaphore(crash_safe=True)`` on Linux and macOS."""
 
-    __slots__ = ("_finalizer", "_handle", "_key", "_limit", "_name", "_owner", "_semid")
+    __slots__ = ("_finalizer", "_handle", "_held", "_key", "_limit", "_name", "_semid")
 
     _handle: Any  # sysv_ipc.Semaphore with block=False, undo=True; or _Closed
 
@@ -214,13 +207,13 @@ class SysVSemaphore(ProcessSemaphore):
                 "it or exited. Keep the creating process's ProcessSemaphore alive while others "
                 "use it, or give it a name="
             )
-        self = ProcessSemaphore.__new__(cls)
+        self = object.__new__(cls)
         self._setup(key, semid, limit, None, created=False)
         return self
 
     def _setup(self, key: int, semid: int, limit: int, name: str | None, *, created: bool) -> None:
         self._key, self._semid, self._limit, self._name = key, semid, limit, name
-        self._owner = _owner(semid, fresh=created)
+        self._held = _tokens(semid, fresh=created)
         handle = sysv_ipc.Semaphore(key)
         handle.block, handle.undo = False, True
         self._handle = handle
@@ -239,11 +232,9 @@ class SysVSemaphore(ProcessSemaphore):
 
     def _reattach(self) -> None:
         """In a forked child: count this process as a user of the set."""
-        self._owner = _owner(self._semid)
-        try:
+        self._held = _tokens(self._semid)
+        with contextlib.suppress(SemaphoreClosedError):
             self._attach()
-        except SemaphoreClosedError:
-            pass
 
     def _gone_message(self) -> str:
         what = "anonymous semaphore" if self._name is None else f"semaphore {self._name!r}"
@@ -271,23 +262,25 @@ class SysVSemaphore(ProcessSemaphore):
                 raise
         except sysv_ipc.ExistentialError as exc:
             self._gone(exc)
-        owner = self._owner
-        with owner.lock:
-            owner.held += 1
+        self._held.append(None)
         return True
 
     def release(self, n: int = 1) -> None:
         if n.__class__ is not int or n < 1:
             check_count(n)
-        owner = self._owner
-        with owner.lock:
-            if n > owner.held:
-                self._refuse_release(n, owner.held)
-            try:
-                self._handle.release(delta=n)
-            except sysv_ipc.ExistentialError as exc:
-                self._gone(exc)
-            owner.held -= n
+        held = self._held
+        taken = 0
+        try:
+            while taken < n:
+                held.pop()
+                taken += 1
+        except IndexError:
+            held.extend([None] * taken)
+            self._refuse_release(n, taken)
+        try:
+            self._handle.release(delta=n)
+        except sysv_ipc.ExistentialError as exc:
+            self._gone(exc)
 
     def _refuse_release(self, n: int, held: int) -> NoReturn:
         value = self.value
@@ -341,7 +334,7 @@ class SysVSemaphore(ProcessSemaphore):
 
     def unlink(self) -> None:
         if _libc.remove(self._semid):
-            _owners.pop(self._semid, None)
+            _held.pop(self._semid, None)
         self.close()
 
     def __reduce__(self) -> tuple[Any, ...]:
