@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 import time
-from _multiprocessing import SemLock, sem_unlink  # type: ignore[attr-defined]
+from _multiprocessing import SemLock, sem_unlink
 from multiprocessing.util import Finalize
 from typing import Any, NoReturn
 
