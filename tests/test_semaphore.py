@@ -35,7 +35,14 @@ def named(crash_safe: bool) -> Iterator[ProcessSemaphore]:
 
 def test_public_names() -> None:
     assert sorted(procthrottle.__all__) == sorted(
-        ["ProcThrottleError", "ProcessSemaphore", "SemaphoreClosedError", "WorkerCrashedError"]
+        [
+            "AsyncSemaphore",
+            "ProcThrottleError",
+            "ProcessSemaphore",
+            "SemaphoreClosedError",
+            "WorkerCrashedError",
+            "throttle",
+        ]
     )
     for name in procthrottle.__all__:
         assert getattr(procthrottle, name).__module__.startswith("procthrottle")

@@ -102,7 +102,9 @@ class PosixSemaphore(ProcessSemaphore):
         self._release = lock.release
         # The creator of an anonymous semaphore removes its name when it closes or exits;
         # processes that opened it keep working (POSIX unlink semantics).
-        self._finalizer = Finalize(self, _unlink if owned else _noop, args=(os_name,))
+        self._finalizer = Finalize(
+            self, _unlink if owned else _noop, args=(os_name,), exitpriority=10
+        )
 
     @classmethod
     def _open_anonymous(cls, os_name: str, limit: int) -> PosixSemaphore:

@@ -6,11 +6,7 @@ import sys
 from types import TracebackType
 from typing import Any
 
-if sys.version_info >= (3, 11):
-    from typing import Self
-else:  # pragma: no cover
-    from typing_extensions import Self
-
+from .._typing import Self
 from ._validate import check_limit, check_name
 
 

@@ -1,0 +1,1 @@
+"""Layer 2: awaiting kernel permits from asyncio and trio without blocking the loop."""
