@@ -2,22 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import weakref
 from collections import deque
 from types import TracebackType
-from typing import Protocol, runtime_checkable
+from typing import Protocol, SupportsIndex, runtime_checkable
 
 import anyio
 
 from .._kernel._semaphore import ProcessSemaphore
 from .._kernel._validate import check_timeout
 from .._typing import Self
-from ._wakeup import Waiter
+from ._wakeup import GONE, GRANTED, Waiter, new_waiter
 
 #: How long the waiter thread blocks in the kernel before it checks whether anyone still waits.
 POLL_INTERVAL = 0.1
+_NO_SCOPE = contextlib.nullcontext()
 
 
 @runtime_checkable
@@ -80,8 +82,10 @@ class AsyncSemaphore:
 
     def _reset(self) -> None:
         self._lock = threading.Lock()
-        # Unknown limit (a foreign semaphore): no gate, every task contends for the kernel.
-        self._slots = self._limit if self._limit is not None else 2**62
+        # The gate's free slots, one token each: list.pop/append are atomic, so the fast path
+        # takes and returns a slot without the lock. A foreign semaphore of unknown limit is
+        # not gated: every task contends for the kernel.
+        self._slots: list[None] = [None] * self._limit if self._limit else _Ungated()
         self._gate: deque[Waiter] = deque()
         self._kernel_waiters: deque[Waiter] = deque()
         self._thread: threading.Thread | None = None
@@ -114,31 +118,38 @@ class AsyncSemaphore:
 
     async def acquire(self, *, timeout: float | None = None) -> bool:
         """Take a permit; False if ``timeout`` seconds passed first. Never blocks the loop."""
-        timeout = check_timeout(timeout)
-        with self._lock:
-            slot = self._slots > 0 and not self._gate
-            if slot:
-                self._slots -= 1
-        if slot and self._try(False):
-            return True
+        if timeout is not None:
+            timeout = check_timeout(timeout)
+        slot = False
+        if not self._gate:  # nobody of ours queues: try the fast path
+            try:
+                self._slots.pop()
+                slot = True
+            except IndexError:
+                pass
+            if slot and self._try(False):
+                return True
         if timeout is not None and timeout <= 0:
             if slot:
-                self._give_slot()
+                self._return_slot()
             return False
-        with anyio.move_on_after(timeout):
+        # No cancel scope without a timeout: it would cost more than the whole wait.
+        with _NO_SCOPE if timeout is None else anyio.move_on_after(timeout):
             if not slot:
-                await self._wait(self._gate)
-            if self._try(False):
-                return True
-            await self._wait(self._kernel_waiters, start_thread=True)
+                await self._wait_for_slot()
+            try:
+                if not self._try(False):
+                    await self._wait_for_kernel()
+            except BaseException:
+                self._return_slot()
+                raise
             return True
-        # timed out (cancellation of the caller propagates from _wait instead)
-        return False
+        return False  # timed out (the caller's own cancellation propagates instead)
 
     def release(self) -> None:
         """Return the permit to the semaphore and let the next local task through the gate."""
-        self._kernel_release()
-        self._give_slot()
+        self._kernel_release()  # first: waiters in other processes get their turn
+        self._return_slot()
 
     async def __aenter__(self) -> Self:
         await self.acquire()
@@ -156,66 +167,104 @@ class AsyncSemaphore:
         return f"AsyncSemaphore({self._sem!r})"
 
     # -- the machinery -----------------------------------------------------------------------
-    async def _wait(self, queue: deque[Waiter], *, start_thread: bool = False) -> None:
-        """Queue up and wait for a grant; on cancellation give back whatever was granted."""
-        waiter = Waiter()
+    def _return_slot(self) -> None:
+        self._slots.append(None)
+        if self._gate:  # checked after the append: see _wait_for_slot
+            self._dispatch()
+
+    def _dispatch(self) -> None:
+        """Hand free slots to queued tasks, first come first served."""
+        woken = []
         with self._lock:
-            queue.append(waiter)
-            if start_thread and self._thread is None:
+            gate, slots = self._gate, self._slots
+            while gate:
+                try:
+                    slots.pop()
+                except IndexError:
+                    break
+                waiter = gate.popleft()
+                waiter.state = GRANTED
+                woken.append(waiter)
+        for waiter in woken:
+            if not waiter.wake():  # its loop is gone
+                self._return_slot()
+
+    async def _wait_for_slot(self) -> None:
+        waiter = new_waiter()
+        with self._lock:
+            # A release returns its slot without the lock, then looks at the gate. So look for a
+            # slot both before and after queueing: either we see the slot, or it sees us.
+            try:
+                self._slots.pop()
+                return
+            except IndexError:
+                self._gate.append(waiter)
+            try:
+                self._slots.pop()
+            except IndexError:
+                pass
+            else:
+                self._gate.pop()  # we are last: only this lock's holders append
+                return
+        try:
+            await waiter.wait()
+        except BaseException:
+            if self._withdraw(waiter, self._gate):
+                self._return_slot()  # granted as we were cancelled: pass it on
+            raise
+
+    async def _wait_for_kernel(self) -> None:
+        """Queue up for a kernel permit from the waiter thread."""
+        waiter = new_waiter()
+        with self._lock:
+            self._kernel_waiters.append(waiter)
+            if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._serve, name="procthrottle-waiter", daemon=True
                 )
                 self._thread.start()
         try:
-            await waiter.event.wait()
+            await waiter.wait()
         except BaseException:
-            with self._lock:
-                granted = waiter.state == Waiter.GRANTED
-                waiter.state = Waiter.GONE
-            if granted:  # handed to us as we were cancelled: pass it on
-                if queue is self._gate:
-                    self._give_slot()
-                else:
-                    self.release()
-            elif queue is self._kernel_waiters:
-                self._give_slot()  # we held a gate slot while waiting for the kernel
+            if self._withdraw(waiter, self._kernel_waiters):
+                self._kernel_release()  # granted as we were cancelled: pass it on
             raise
 
-    def _grant_first(self, queue: deque[Waiter]) -> Waiter | None:
-        """Mark the first live waiter GRANTED (caller holds the lock)."""
-        while queue:
-            waiter = queue.popleft()
-            if waiter.state == Waiter.WAITING:
-                waiter.state = Waiter.GRANTED
-                return waiter
-        return None
-
-    def _give_slot(self) -> None:
-        """A gate slot is free: hand it to the next local task, or put it back."""
-        while True:
-            with self._lock:
-                waiter = self._grant_first(self._gate)
-                if waiter is None:
-                    self._slots += 1
-                    return
-            if waiter.wake():
-                return
-            # its loop is gone: the slot is free again, try the next waiter
+    def _withdraw(self, waiter: Waiter, queue: deque[Waiter]) -> bool:
+        """Leave the queue after a cancellation; True if a grant came first."""
+        with self._lock:
+            if waiter.state == GRANTED:
+                return True
+            waiter.state = GONE
+            with contextlib.suppress(ValueError):
+                queue.remove(waiter)
+            return False
 
     def _serve(self) -> None:
         """The waiter thread: take kernel permits for queued tasks, one at a time."""
+        queue = self._kernel_waiters
         while True:
             with self._lock:
-                while self._kernel_waiters and self._kernel_waiters[0].state != Waiter.WAITING:
-                    self._kernel_waiters.popleft()
-                if not self._kernel_waiters:
+                if not queue:
                     self._thread = None
                     return
             if not self._sem.acquire(True, POLL_INTERVAL):
                 continue
             with self._lock:
-                waiter = self._grant_first(self._kernel_waiters)
+                waiter = queue.popleft() if queue else None
+                if waiter is not None:
+                    waiter.state = GRANTED
             if waiter is None:
                 self._kernel_release()  # everyone left meanwhile
             elif not waiter.wake():
-                self.release()  # its loop is gone: permit and slot go on
+                self._kernel_release()  # its loop is gone
+
+
+class _Ungated(list[None]):
+    """The slots of a semaphore whose limit is unknown: always one more."""
+
+    def pop(self, index: SupportsIndex = -1) -> None:
+        return None
+
+    def append(self, item: None) -> None:
+        return None
