@@ -38,16 +38,16 @@ class _TimeSpec(ctypes.Structure):
     _fields_ = (("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long))
 
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)  # releases the GIL per call
-_semget = _libc.semget
+libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)  # releases the GIL per call
+_semget = libc.semget
 _semget.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int)
 _semget.restype = ctypes.c_int
-_semctl = _libc.semctl  # variadic: argtypes stay unset
+_semctl = libc.semctl  # variadic: argtypes stay unset
 _semctl.restype = ctypes.c_int
-_semop = _libc.semop
+_semop = libc.semop
 _semop.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t)
 _semop.restype = ctypes.c_int
-_semtimedop = getattr(_libc, "semtimedop", None)  # Linux only; macOS polls below
+_semtimedop = getattr(libc, "semtimedop", None)  # Linux only; macOS polls below
 if _semtimedop is not None:
     _semtimedop.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p)
     _semtimedop.restype = ctypes.c_int

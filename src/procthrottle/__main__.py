@@ -1,0 +1,7 @@
+"""``python -m procthrottle``: the command line."""
+
+import sys
+
+from ._cli import main
+
+sys.exit(main())
