@@ -8,13 +8,19 @@ from ._exceptions import ProcThrottleError as ProcThrottleError
 from ._exceptions import SemaphoreClosedError as SemaphoreClosedError
 from ._exceptions import WorkerCrashedError as WorkerCrashedError
 from ._kernel._semaphore import ProcessSemaphore as ProcessSemaphore
+from ._pool._executor import ThrottledExecutor as ThrottledExecutor
+from ._pool._pool import ThrottledProcessPool as ThrottledProcessPool
+from ._pool._worker import critical_section as critical_section
 
 __all__ = [
     "AsyncSemaphore",
     "ProcThrottleError",
     "ProcessSemaphore",
     "SemaphoreClosedError",
+    "ThrottledExecutor",
+    "ThrottledProcessPool",
     "WorkerCrashedError",
+    "critical_section",
     "throttle",
 ]
 __version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""Layer 3: executors that bound how many tasks (or task sections) run at once."""
