@@ -19,7 +19,18 @@ def _no_leaked_kernel_objects() -> Iterator[None]:
     yield
     gc.collect()  # anonymous sets go with their last handle, which a cycle may still keep
     leaked = sysv_sets() - before
-    assert not leaked, f"tests leaked {len(leaked)} System V semaphore sets"
+    details = [_describe(semid) for semid in sorted(leaked)]
+    assert not leaked, f"tests leaked {len(leaked)} System V semaphore sets: {details}"
+
+
+def _describe(semid: int) -> str:
+    from procthrottle._kernel import _libc
+
+    try:
+        values = [_libc.getval(semid, i) for i in range(5)]
+    except OSError as exc:
+        return f"{semid}: {exc}"
+    return f"{semid}: value/attached/limit/tag={values}"
 
 
 @pytest.fixture(params=["asyncio", "trio"])

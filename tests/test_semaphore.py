@@ -40,7 +40,10 @@ def test_public_names() -> None:
             "ProcThrottleError",
             "ProcessSemaphore",
             "SemaphoreClosedError",
+            "ThrottledExecutor",
+            "ThrottledProcessPool",
             "WorkerCrashedError",
+            "critical_section",
             "throttle",
         ]
     )

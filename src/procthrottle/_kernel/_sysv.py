@@ -10,14 +10,13 @@ anonymous set removes it. docs/design.md explains why.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import hashlib
 import os
 import secrets
 import time
 import weakref
-from multiprocessing.util import Finalize
+from multiprocessing.util import Finalize, register_after_fork
 from typing import Any, NoReturn
 
 import sysv_ipc
@@ -56,12 +55,29 @@ def _tokens(semid: int, *, fresh: bool = False) -> list[None]:
 
 def _after_fork_in_child() -> None:
     # Undo values are not inherited: the child holds no permit and has attached to nothing.
+    # It attaches to an inherited set only when it first uses it, so that a child killed by a
+    # signal never becomes the last user of a set it never touched (nobody would remove it).
     _held.clear()
+    live = list(_live)
+    _live.clear()
+    for sem in live:
+        sem._detached_after_fork()
+
+
+def _after_multiprocessing_bootstrap(_: object) -> None:
+    # A multiprocessing child (fork or spawn) clears the finalizer registry after our fork hook
+    # ran and after its Process arguments were unpickled; register the detach finalizers again.
     for sem in list(_live):
-        sem._reattach()
+        sem._register_finalizer()
 
 
+class _Anchor:
+    """Keeps the after-fork registration alive (multiprocessing holds it weakly)."""
+
+
+_anchor = _Anchor()
 os.register_at_fork(after_in_child=_after_fork_in_child)
+register_after_fork(_anchor, _after_multiprocessing_bootstrap)
 
 
 def _tag(name: str) -> tuple[int, int]:
@@ -181,12 +197,36 @@ class _Closed:
         self._raise()
 
 
+class _AttachOnUse:
+    """Stands in for the kernel handle in a forked child until the child first uses it."""
+
+    def __init__(self, sem: SysVSemaphore, handle: Any) -> None:
+        self.sem, self.handle = sem, handle
+
+    def _attached(self) -> Any:
+        self.sem._handle = self.handle
+        self.sem._attach()
+        return self.handle
+
+    def acquire(self) -> None:
+        self._attached().acquire()
+
+    def release(self, delta: int = 1) -> None:
+        self._attached().release(delta=delta)
+
+    @property
+    def value(self) -> int:
+        value: int = self._attached().value
+        return value
+
+
 class SysVSemaphore(ProcessSemaphore):
     """``ProcessSemaphore(crash_safe=True)`` on Linux and macOS."""
 
     __slots__ = ("_finalizer", "_handle", "_held", "_key", "_limit", "_name", "_semid")
 
-    _handle: Any  # sysv_ipc.Semaphore with block=False, undo=True; or _Closed
+    _handle: Any  # sysv_ipc.Semaphore with block=False, undo=True; _AttachOnUse; or _Closed
+    _finalizer: Finalize | None
 
     def __init__(self, limit: int = 1, *, name: str | None = None, crash_safe: bool = True) -> None:
         limit, name = validate(limit, name, maximum=MAX_LIMIT)
@@ -226,15 +266,19 @@ class SysVSemaphore(ProcessSemaphore):
             self._handle = _Closed(self._gone_message())
             raise SemaphoreClosedError(self._gone_message()) from exc
         _live.add(self)
+        self._register_finalizer()
+
+    def _register_finalizer(self) -> None:
+        """Detach when this handle is closed, collected, or its process exits normally."""
         self._finalizer = Finalize(
             self, _detach, args=(self._semid, self._name is None), exitpriority=10
         )
 
-    def _reattach(self) -> None:
-        """In a forked child: count this process as a user of the set."""
+    def _detached_after_fork(self) -> None:
+        """In a forked child: forget the parent's attach, attach again on first use."""
         self._held = _tokens(self._semid)
-        with contextlib.suppress(SemaphoreClosedError):
-            self._attach()
+        self._finalizer = None
+        self._handle = _AttachOnUse(self, self._handle)
 
     def _gone_message(self) -> str:
         what = "anonymous semaphore" if self._name is None else f"semaphore {self._name!r}"
@@ -330,7 +374,8 @@ class SysVSemaphore(ProcessSemaphore):
             return
         self._handle = _Closed("the semaphore was closed in this process")
         _live.discard(self)
-        self._finalizer()
+        if self._finalizer is not None:  # None: a forked child that never used it
+            self._finalizer()
 
     def unlink(self) -> None:
         if _libc.remove(self._semid):

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Callable, Generator, Iterable, Iterat
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from functools import partial
+from multiprocessing import connection
 from types import TracebackType
 from typing import Any, Literal, TypeVar
 
@@ -30,15 +31,27 @@ from ._futures import wait_future
 T = TypeVar("T")
 #: A task whose worker died before it started is sent again at most this many times.
 MAX_ATTEMPTS = 3
+#: Batches of short tasks aim at this much work per call to the executor...
+BATCH_SECONDS = 0.005
+#: ...and hold at most this many tasks.
+MAX_BATCH = 64
 
 
 class _Task:
-    __slots__ = ("attempts", "chunked", "future", "payload", "slot")
+    __slots__ = ("attempts", "future", "payload")
 
-    def __init__(self, future: Future[Any], payload: bytes, chunked: bool) -> None:
-        self.future, self.payload, self.chunked = future, payload, chunked
-        self.slot = -1
+    def __init__(self, future: Future[Any], payload: bytes) -> None:
+        self.future, self.payload = future, payload
         self.attempts = 0
+
+
+class _Batch:
+    """Tasks sent to one worker in one call, sharing one window slot."""
+
+    __slots__ = ("generation", "slot", "tasks")
+
+    def __init__(self, tasks: list[_Task], slot: int, generation: int) -> None:
+        self.tasks, self.slot, self.generation = tasks, slot, generation
 
 
 def _positive(name: str, value: object, *, optional: bool = True) -> int | None:
@@ -121,11 +134,12 @@ class ThrottledProcessPool(Executor):
             )
         self._ctx = mp_context
         # In task mode with fewer permits than workers, only `limit` tasks are in flight, so
-        # no worker waits on the semaphore for a task of ours. Otherwise keep every worker
-        # busy with one task queued behind it.
+        # no worker waits on the semaphore for a task of ours. Otherwise a deep window keeps
+        # the executor's own pipeline full (its workers never wait for our dispatch).
         tight = not self._section and self._sem.limit < workers
-        window = self._sem.limit if tight else 2 * workers
-        self._started = mp_context.Array("i", window, lock=False)
+        window = self._sem.limit if tight else max(64, 4 * workers)
+        self._started = mp_context.Array("i", window, lock=False)  # slot -> pid running it
+        self._progress = mp_context.Array("i", window, lock=False)  # slot -> task index
         self._peak = mp_context.Value("i", 0)
         self._free_slots = list(range(window))[::-1]
         self._initializer, self._initargs = initializer, initargs
@@ -135,14 +149,19 @@ class ThrottledProcessPool(Executor):
         self._queue: deque[_Task] = deque()
         self._inflight = 0
         self._generation = 0
+        self._task_seconds: float | None = None  # running average, for batch sizes
         self._dead: dict[int, dict[int, int | None]] = {}  # generation -> pid -> exit code
-        self._shutdown = False
+        self._shutdown = self._joining = False
         self._idle = threading.Condition(self._lock)
-        self._counts = dict.fromkeys(("submitted", "completed", "failed", "crashed", "resent"), 0)
+        self._counts = dict.fromkeys(
+            ("submitted", "completed", "failed", "crashed", "resent", "batches"), 0
+        )
         self._inner = self._new_executor()
 
     def _new_executor(self) -> ProcessPoolExecutor:
-        state = _worker.WorkerState(self._sem, self._started, self._peak, self._section)
+        state = _worker.WorkerState(
+            self._sem, self._started, self._progress, self._peak, self._section
+        )
         extra = {}
         if self._max_tasks_per_child is not None:
             extra["max_tasks_per_child"] = self._max_tasks_per_child
@@ -166,9 +185,9 @@ class ThrottledProcessPool(Executor):
 
     def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
         """Schedule ``fn(*args, **kwargs)``; the future fails on its own if it can't be sent."""
-        return self._submit(fn, (fn, args, kwargs), chunked=False)
+        return self._submit(fn, (fn, args, kwargs))
 
-    def _submit(self, fn: Callable[..., Any], call: Any, *, chunked: bool) -> Future[Any]:
+    def _submit(self, fn: Callable[..., Any], call: Any) -> Future[Any]:
         if self._shutdown:
             raise RuntimeError("cannot schedule new futures after shutdown")
         future: Future[Any] = Future()
@@ -187,7 +206,7 @@ class ThrottledProcessPool(Executor):
                 self._counts["failed"] += 1
             return future
         with self._lock:
-            self._queue.append(_Task(future, payload, chunked))
+            self._queue.append(_Task(future, payload))
             self._counts["submitted"] += 1
         self._pump()
         return future
@@ -208,7 +227,7 @@ class ThrottledProcessPool(Executor):
         deadline = None if timeout is None else time.monotonic() + timeout
         calls = zip(*iterables)  # noqa: B905 - shortest wins, as in Executor.map
         futures = self._submit_all(fn, calls, chunksize, buffersize)
-        results = self._collect(futures, deadline)
+        results = self._collect(futures, deadline, chunksize > 1)
         return _with_progress(results) if progress else results
 
     def _submit_all(
@@ -228,8 +247,8 @@ class ThrottledProcessPool(Executor):
 
         def submit(unit: Any) -> Future[Any]:
             if chunksize == 1:
-                return self._submit(fn, (fn, unit, {}), chunked=False)
-            return self._submit(fn, (fn, unit), chunked=True)
+                return self._submit(fn, (fn, unit, {}))
+            return self._submit(fn, (_worker.call_chunk, (fn, unit), {}))
 
         first = units if ahead is None else itertools.islice(units, ahead)
         pending: deque[Future[Any]] = deque(submit(unit) for unit in first)
@@ -248,12 +267,14 @@ class ThrottledProcessPool(Executor):
         return futures()
 
     @staticmethod
-    def _collect(futures: Iterator[Future[Any]], deadline: float | None) -> Iterator[Any]:
+    def _collect(
+        futures: Iterator[Future[Any]], deadline: float | None, chunked: bool
+    ) -> Iterator[Any]:
         for future in futures:
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             result = future.result(remaining)
-            if isinstance(result, _Chunk):
-                yield from result.values
+            if chunked:
+                yield from result
             else:
                 yield result
 
@@ -265,6 +286,7 @@ class ThrottledProcessPool(Executor):
                 while self._queue:
                     self._queue.popleft().future.cancel()
             if wait:
+                self._joining = True  # we shut the executor down ourselves, and wait for it
                 while self._inflight or self._queue:
                     self._idle.wait()
             busy = bool(self._inflight or self._queue)
@@ -274,7 +296,8 @@ class ThrottledProcessPool(Executor):
             self._sem.close()
 
     def stats(self) -> dict[str, int]:
-        """Counters: submitted, running, queued, completed, failed, crashed, resent,
+        """Counters: submitted, running (sent to workers, not done), queued, completed, failed,
+        crashed, resent, batches (calls to the executor: short tasks travel together),
         in_section (permits held now) and max_in_section (the peak seen by workers)."""
         with self._lock:
             counts = dict(self._counts)
@@ -310,7 +333,7 @@ class ThrottledProcessPool(Executor):
         try:
             for future in futures:
                 result = await wait_future(future)
-                values = result.values if isinstance(result, _Chunk) else [result]
+                values = result if chunksize > 1 else [result]
                 for value in values:
                     if bar is not None:
                         bar.update(1)
@@ -333,97 +356,127 @@ class ThrottledProcessPool(Executor):
 
     # -- dispatch and crash recovery ---------------------------------------------------------
     def _pump(self) -> None:
-        """Send queued tasks to the executor while window slots are free."""
+        """Send queued tasks to the executor, in batches, while window slots are free."""
         while True:
             with self._lock:
                 if not self._queue or not self._free_slots:
                     return
-                task = self._queue.popleft()
-                if task.attempts == 0 and not task.future.set_running_or_notify_cancel():
-                    continue  # cancelled while queued
-                task.slot = self._free_slots.pop()
-                self._inflight += 1
-                inner, generation = self._inner, self._generation
-            self._started[task.slot] = 0
-            runner = _worker.run_chunk if task.chunked else _worker.run_task
+                tasks = self._take(self._batch_size())
+                if not tasks:
+                    continue
+                batch = _Batch(tasks, self._free_slots.pop(), self._generation)
+                self._inflight += len(tasks)
+                self._counts["batches"] += 1
+                inner = self._inner
+            self._started[batch.slot] = 0
+            payloads = [task.payload for task in tasks]
             try:
-                inner_future = inner.submit(runner, task.slot, task.payload)
+                inner_future = inner.submit(_worker.run_batch, batch.slot, payloads)
             except (BrokenProcessPool, RuntimeError):
                 inner_future = Future()
                 inner_future.set_exception(BrokenProcessPool("broken before submit"))
-            inner_future.add_done_callback(partial(self._on_done, task, generation))
+            inner_future.add_done_callback(partial(self._on_done, batch))
 
-    def _on_done(self, task: _Task, generation: int, inner: Future[Any]) -> None:
+    def _take(self, count: int) -> list[_Task]:
+        """Up to ``count`` queued tasks that were not cancelled (caller holds the lock)."""
+        tasks: list[_Task] = []
+        while self._queue and len(tasks) < count:
+            task = self._queue.popleft()
+            if task.attempts or task.future.set_running_or_notify_cancel():
+                tasks.append(task)
+        return tasks
+
+    def _batch_size(self) -> int:
+        """Tasks per call: one until tasks prove short, then enough for ~5 ms of work, but
+        never so many that some workers would wait while one works through a long batch."""
+        if self._task_seconds is None:
+            return 1
+        wanted = int(BATCH_SECONDS / max(self._task_seconds, 1e-6))
+        fair = -(-len(self._queue) // (2 * self._max_workers))  # ceil
+        return max(1, min(wanted, fair, MAX_BATCH))
+
+    def _on_done(self, batch: _Batch, inner: Future[Any]) -> None:
         exc = inner.exception()
         if isinstance(exc, BrokenProcessPool):
-            self._on_broken(task, generation)
+            self._on_broken(batch)
         else:
-            with self._lock:
-                self._release_slot(task)
-                self._counts["completed" if exc is None else "failed"] += 1
+            outcomes: list[tuple[bool, Any]]
             if exc is None:
-                result = inner.result()
-                task.future.set_result(_Chunk(result) if task.chunked else result)
-            else:
-                task.future.set_exception(exc)
+                outcomes, seconds = _worker.load_outcomes(inner.result())
+            else:  # pragma: no cover - run_batch catches everything; be safe anyway
+                outcomes, seconds = [(False, exc)] * len(batch.tasks), None
+            with self._lock:
+                self._release_slot(batch)
+                failed = sum(not ok for ok, _ in outcomes)
+                self._counts["failed"] += failed
+                self._counts["completed"] += len(outcomes) - failed
+                if seconds is not None:
+                    per_task = seconds / len(outcomes)
+                    old = self._task_seconds
+                    self._task_seconds = per_task if old is None else 0.8 * old + 0.2 * per_task
+            for task, (ok, value) in zip(batch.tasks, outcomes, strict=True):
+                if ok:
+                    task.future.set_result(value)
+                else:
+                    task.future.set_exception(value)
         self._pump()
-        if self._shutdown:
+        if self._shutdown and not self._joining:  # shutdown(wait=False) left this to us
             with self._lock:
                 idle = not (self._inflight or self._queue)
             if idle:
                 self._inner.shutdown(wait=False)
 
-    def _on_broken(self, task: _Task, generation: int) -> None:
+    def _on_broken(self, batch: _Batch) -> None:
+        crashed: list[tuple[_Task, str]] = []
         with self._lock:
-            if generation == self._generation:  # the first to hear of it: replace the executor
-                self._dead[generation] = self._exit_codes(self._inner)
+            if batch.generation == self._generation:  # the first to hear: replace the executor
+                self._dead[batch.generation] = self._exit_codes(self._inner)
                 old, self._inner = self._inner, self._new_executor()
                 self._generation += 1
                 threading.Thread(target=old.shutdown, daemon=True).start()
-            dead = self._dead[generation]
-            pid = self._started[task.slot]
-            self._release_slot(task)
-            if pid in dead:
-                crash: str | None = f"the worker process (pid {pid}) running this task " + \
-                    describe_exit(dead[pid])
-            elif task.attempts + 1 >= MAX_ATTEMPTS:
-                crash = f"worker processes died {MAX_ATTEMPTS} times before this task started"
-            else:
-                crash = None
-                task.attempts += 1
-                self._queue.appendleft(task)  # first in line again
-                self._counts["resent"] += 1
-            if crash is not None:
-                self._counts["failed"] += 1
-                self._counts["crashed"] += 1
-        if crash is not None:
-            task.future.set_exception(WorkerCrashedError(crash))
+            dead = self._dead[batch.generation]
+            pid, running = self._started[batch.slot], self._progress[batch.slot]
+            self._release_slot(batch)
+            resend = []
+            for index, task in enumerate(batch.tasks):
+                if pid in dead and index == running:
+                    exit_ = describe_exit(dead[pid])
+                    why = f"the worker process (pid {pid}) running this task {exit_}"
+                    crashed.append((task, why))
+                elif task.attempts + 1 >= MAX_ATTEMPTS:
+                    why = f"worker processes died {MAX_ATTEMPTS} times before this task ran"
+                    crashed.append((task, why))
+                else:  # not started, or its result died with the executor: run it again
+                    task.attempts += 1
+                    resend.append(task)
+            self._queue.extendleft(reversed(resend))  # first in line again, in order
+            self._counts["resent"] += len(resend)
+            self._counts["failed"] += len(crashed)
+            self._counts["crashed"] += len(crashed)
+        for task, why in crashed:
+            task.future.set_exception(WorkerCrashedError(why))
 
-    def _release_slot(self, task: _Task) -> None:
-        self._free_slots.append(task.slot)
-        self._inflight -= 1
+    def _release_slot(self, batch: _Batch) -> None:
+        self._free_slots.append(batch.slot)
+        self._inflight -= len(batch.tasks)
         if not self._inflight and not self._queue:
             self._idle.notify_all()
 
     @staticmethod
     def _exit_codes(executor: ProcessPoolExecutor) -> dict[int, int | None]:
-        """pid -> exit code of the executor's workers that are dead right now."""
-        processes = getattr(executor, "_processes", None) or {}
+        """pid -> exit code of the executor's workers that are dead right now.
+
+        A worker's sentinel becomes ready as it exits, a moment before the kernel can report
+        its exit status, so reap the dead ones with a short join rather than a bare poll.
+        """
+        processes = dict(getattr(executor, "_processes", None) or {})
+        by_sentinel = {p.sentinel: (pid, p) for pid, p in processes.items()}
         dead: dict[int, int | None] = {}
-        for pid, process in list(processes.items()):
-            code = process.exitcode
-            if code is not None:
-                dead[pid] = code
+        for sentinel in connection.wait(list(by_sentinel), timeout=0):
+            pid, process = by_sentinel[sentinel]
+            process.join(1.0)
+            dead[pid] = process.exitcode
         return dead
-
-
-class _Chunk:
-    """The results of one chunk, told apart from a task that returns a list."""
-
-    __slots__ = ("values",)
-
-    def __init__(self, values: list[Any]) -> None:
-        self.values = values
 
 
 def _progress_bar() -> Any:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import pickle
+import time
+import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -14,23 +16,26 @@ from .._kernel._semaphore import ProcessSemaphore
 class WorkerState:
     """Set once per worker process by the pool's initializer."""
 
-    __slots__ = ("peak", "section_mode", "semaphore", "started")
+    __slots__ = ("peak", "progress", "section_mode", "semaphore", "started")
 
-    def __init__(self, semaphore: ProcessSemaphore, started: Any, peak: Any, section: bool):
+    def __init__(
+        self, semaphore: ProcessSemaphore, started: Any, progress: Any, peak: Any, section: bool
+    ):
         self.semaphore = semaphore
         self.started = started  # shared array: slot -> pid of the worker running that slot
+        self.progress = progress  # shared array: slot -> index of the batch's running task
         self.peak = peak  # shared value: the most permits seen held at once
         self.section_mode = section
 
     def enter(self) -> None:
         """Take a permit and record the peak number of holders seen."""
-        sem = self.semaphore
+        sem, peak = self.semaphore, self.peak
         sem.acquire()
-        held = sem.limit - sem.value
-        peak = self.peak
-        if held > peak.value:
-            with peak.get_lock():
-                peak.value = max(peak.value, held)
+        if peak.value < sem.limit:  # once the peak is the limit, it can't grow: skip the read
+            held = sem.limit - sem.value
+            if held > peak.value:
+                with peak.get_lock():
+                    peak.value = max(peak.value, held)
 
 
 _state: WorkerState | None = None
@@ -46,36 +51,87 @@ def initialize(
         initializer(*initargs)
 
 
-def run_task(slot: int, payload: bytes) -> Any:
-    """Run one pickled ``(fn, args, kwargs)``."""
-    fn, args, kwargs = pickle.loads(payload)
-    return _run(slot, fn, args, kwargs)
+def call_chunk(fn: Callable[..., Any], chunk: list[tuple[Any, ...]]) -> list[Any]:
+    """One task that runs ``fn`` over a chunk of argument tuples (``map(chunksize=...)``)."""
+    return [fn(*args) for args in chunk]
 
 
-def run_chunk(slot: int, payload: bytes) -> list[Any]:
-    """Run ``fn`` over a pickled chunk of argument tuples; each call is one task."""
-    fn, chunk = pickle.loads(payload)
-    return [_run(slot, fn, args, {}) for args in chunk]
+def run_batch(slot: int, payloads: list[bytes]) -> bytes:
+    """Run pickled ``(fn, args, kwargs)`` tasks one after another in this worker.
 
-
-def _run(slot: int, fn: Callable[..., Any], args: Any, kwargs: Any) -> Any:
-    """Mark the slot with our pid while the task runs; in task mode, hold a permit."""
+    The slot is marked with our pid and the index of the running task, so the pool can tell
+    which task was running if this process dies. In task mode the batch holds one permit
+    throughout: its tasks run one at a time, so the bound holds just the same. Returns the
+    pickled outcomes, each ``(True, result)`` or ``(False, exception)``, and the time taken.
+    """
     global _in_task
     state = _state
     assert state is not None, "a pool task ran outside a ThrottledProcessPool worker"
+    outcomes: list[tuple[bool, Any]] = []
     state.started[slot] = os.getpid()
+    start = time.perf_counter()
     _in_task = True
-    try:
-        if state.section_mode:
-            return fn(*args, **kwargs)
+    if not state.section_mode:
         state.enter()
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            state.semaphore.release()
+    try:
+        for index, payload in enumerate(payloads):
+            state.progress[slot] = index
+            try:
+                fn, args, kwargs = pickle.loads(payload)
+                outcomes.append((True, fn(*args, **kwargs)))
+            except BaseException as exc:  # the task's own error, whatever it is
+                outcomes.append((False, _RemoteError(exc)))
     finally:
+        if not state.section_mode:
+            state.semaphore.release()
         _in_task = False
         state.started[slot] = 0
+    return _dump_outcomes(outcomes, time.perf_counter() - start)
+
+
+class _RemoteError:
+    """An exception with its worker-side traceback, rebuilt as ``__cause__`` in the parent
+    (as ``ProcessPoolExecutor`` does)."""
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+        self.tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _rebuild_error, (self.exc, self.tb)
+
+
+class RemoteTraceback(Exception):
+    def __str__(self) -> str:
+        return f'\n"""\n{self.args[0]}"""'
+
+
+def _rebuild_error(exc: BaseException, tb: str) -> BaseException:
+    exc.__cause__ = RemoteTraceback(tb)
+    return exc
+
+
+def _dump_outcomes(outcomes: list[tuple[bool, Any]], seconds: float) -> bytes:
+    try:
+        return pickle.dumps((outcomes, seconds), pickle.HIGHEST_PROTOCOL)
+    except Exception:  # some result or exception can't be pickled: fail just that task
+        safe = []
+        for ok, value in outcomes:
+            try:
+                pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
+                safe.append((ok, value))
+            except Exception as exc:
+                error = TypeError(
+                    f"the task's {'result' if ok else 'exception'} {type(value).__name__!r} "
+                    f"cannot be pickled back to the parent process: {exc}"
+                )
+                safe.append((False, error))
+        return pickle.dumps((safe, seconds), pickle.HIGHEST_PROTOCOL)
+
+
+def load_outcomes(data: bytes) -> tuple[list[tuple[bool, Any]], float]:
+    outcomes, seconds = pickle.loads(data)
+    return outcomes, seconds
 
 
 @contextmanager

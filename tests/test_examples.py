@@ -1,0 +1,53 @@
+"""Every script in examples/ runs, small, and says what it should (a smoke test)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from helpers import PYTHON, python_env
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+RUNS = {
+    "seed_semaphore.py": ([], r"free permits now: 2/2"),
+    "throttle_async_calls.py": (
+        ["--calls", "60"],
+        r"peak concurrent requests seen by the server: 5 \(limit 5\)",
+    ),
+    "gpu_section.py": (["--tasks", "6"], r"most tasks on the GPU at once: 1 \(limit 1\)"),
+    "async_pipeline.py": (
+        ["--items", "300", "--no-progress"],
+        r"at most 2 tasks ran at once \(limit 2\)",
+    ),
+    "wrap_executor.py": ([], r"most writers at once: 2 \(limit 2\)"),
+}
+
+
+def test_every_example_is_covered() -> None:
+    assert {p.name for p in EXAMPLES.glob("*.py")} == set(RUNS)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("script", sorted(RUNS))
+def test_example_runs(script: str) -> None:
+    args, expected = RUNS[script]
+    out = subprocess.run(
+        [PYTHON, str(EXAMPLES / script), *args],
+        env=python_env(), capture_output=True, text=True, timeout=50,
+    )
+    assert out.returncode == 0, out.stderr
+    assert re.search(expected, out.stdout), out.stdout
+
+
+@pytest.mark.timeout(60)
+def test_async_pipeline_on_trio_with_progress_bar() -> None:
+    out = subprocess.run(
+        [PYTHON, str(EXAMPLES / "async_pipeline.py"), "--items", "200", "--trio"],
+        env=python_env(), capture_output=True, text=True, timeout=50,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "200task" in out.stderr  # tqdm's bar, on stderr
+    assert "scored 200 records" in out.stdout
