@@ -12,9 +12,10 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -56,6 +57,12 @@ def hold_in_other_process(
     return child
 
 
+def process_semaphore(sem: AsyncSemaphore) -> ProcessSemaphore:
+    inner = sem.semaphore
+    assert isinstance(inner, ProcessSemaphore)
+    return inner
+
+
 def finish(child: subprocess.Popen[str]) -> None:
     child.wait(30)
     assert child.stdout is not None
@@ -89,16 +96,17 @@ async def test_acquire_release_timeout_and_properties() -> None:
     assert sem.value == 2
     assert await sem.acquire(timeout=0) is True
     sem.release()
-    sem.semaphore.close()  # type: ignore[union-attr]
+    process_semaphore(sem).close()
 
 
 @pytest.mark.parametrize("kind", ["multiprocessing", "threading", "posix"])
 async def test_wraps_other_semaphores(kind: str) -> None:
-    inner = {
+    makers: dict[str, Callable[[], Any]] = {
         "multiprocessing": lambda: multiprocessing.get_context("fork").Semaphore(2),
         "threading": lambda: threading.Semaphore(2),
         "posix": lambda: ProcessSemaphore(2, crash_safe=False),
-    }[kind]()
+    }
+    inner = makers[kind]()
     sem = AsyncSemaphore(inner)
     assert sem.semaphore is inner
     assert await sem.acquire()
@@ -154,7 +162,7 @@ async def test_loop_keeps_ticking_while_waiting_for_another_process() -> None:
     assert waited > 0.3
     assert ticks >= 15  # a blocked loop would have ticked at most once
     sem.release()
-    sem.semaphore.unlink()  # type: ignore[union-attr]
+    process_semaphore(sem).unlink()
 
 
 async def test_10000_tasks_limit_4_peak_and_threads() -> None:
@@ -183,7 +191,7 @@ async def test_10000_tasks_limit_4_peak_and_threads() -> None:
     assert max_threads - baseline <= 2
     assert sem.value == 4
     await wait_for_waiter_thread_exit(baseline)
-    sem.semaphore.unlink()  # type: ignore[union-attr]
+    process_semaphore(sem).unlink()
 
 
 async def test_cancellation_storm_leaks_nothing() -> None:
@@ -230,7 +238,7 @@ async def test_cancellation_while_other_process_releases() -> None:
         finish(child)
         assert sem.value == 2
     await wait_for_waiter_thread_exit(baseline)
-    sem.semaphore.unlink()  # type: ignore[union-attr]
+    process_semaphore(sem).unlink()
 
 
 async def _hold_briefly(sem: AsyncSemaphore) -> None:

@@ -7,6 +7,7 @@ import functools
 import itertools
 import multiprocessing
 import threading
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 
@@ -38,7 +39,8 @@ def record(tmp_path: Path) -> Path:
 
 @pytest.fixture(params=["fork", "spawn"])
 def ctx(request: pytest.FixtureRequest) -> multiprocessing.context.BaseContext:
-    return multiprocessing.get_context(request.param)
+    context: multiprocessing.context.BaseContext = multiprocessing.get_context(str(request.param))
+    return context
 
 
 def test_task_mode_bound_is_exactly_the_limit(
@@ -117,11 +119,11 @@ def test_unpicklable_function_or_argument_fails_only_that_future() -> None:
     ids=["sigkill", "os_exit", "segfault"],
 )
 def test_dead_worker_fails_its_task_and_pool_goes_on(
-    record: Path, crash: object, args: tuple[object, ...], match: str
+    record: Path, crash: Callable[..., object], args: tuple[object, ...], match: str
 ) -> None:
     with ThrottledProcessPool(4, 2) as pool:
         before = [pool.submit(tasks.hold, str(record), 0.1, i) for i in range(4)]
-        doomed = pool.submit(crash, *args)  # type: ignore[arg-type]
+        doomed = pool.submit(crash, *args)
         after = [pool.submit(tasks.hold, str(record), 0.1, i) for i in range(4, 8)]
         with pytest.raises(WorkerCrashedError, match=match):
             doomed.result(timeout=60)
@@ -298,7 +300,8 @@ def test_throttled_executor(kind: str, record: Path) -> None:
         with pytest.raises(KeyError):
             executor.submit(tasks.fail, "boom").result(timeout=30)
         assert list(executor.map(tasks.square, range(5))) == [0, 1, 4, 9, 16]
-        assert executor.semaphore.value == 2  # type: ignore[union-attr]
+        assert isinstance(executor.semaphore, ProcessSemaphore)
+        assert executor.semaphore.value == 2
     assert max_overlap(intervals(record, "task")) == 2
 
 

@@ -11,11 +11,13 @@ import textwrap
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from helpers import PYTHON, max_overlap, python_env, read_intervals, sysv_sets, unique_name
 from procthrottle import ProcessSemaphore
+from procthrottle._kernel._sysv import SysVSemaphore
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 START_METHODS = ["fork", "spawn", "forkserver"]
@@ -99,7 +101,7 @@ def _use_pool_sem(record: str) -> int:
 def test_pool_initializer_and_process_args(method: str, tmp_path: Path) -> None:
     sem = ProcessSemaphore(1)
     record = tmp_path / "intervals"
-    ctx = multiprocessing.get_context(method)
+    ctx: Any = multiprocessing.get_context(method)
     with ctx.Pool(3, initializer=_initializer, initargs=(sem,)) as pool:
         pool.map(_use_pool_sem, [str(record)] * 6)
     procs = [ctx.Process(target=_hold_and_record, args=(sem, str(record), 0.05)) for _ in range(3)]
@@ -119,6 +121,7 @@ HOLDER = textwrap.dedent(
     """
     import pickle, sys, time
     from procthrottle import ProcessSemaphore
+from procthrottle._kernel._sysv import SysVSemaphore
     arg = sys.argv[1]
     if arg.startswith("name:"):
         sem = ProcessSemaphore(1, name=arg[5:])
@@ -240,7 +243,9 @@ def test_200_anonymous_semaphores_leave_no_kernel_object() -> None:
         """
         import pickle
         from pathlib import Path
+from typing import Any
         from procthrottle import ProcessSemaphore
+from procthrottle._kernel._sysv import SysVSemaphore
         def count():
             return len(Path("/proc/sysvipc/sem").read_text().splitlines())
         start = count()
@@ -270,6 +275,7 @@ def test_sets_are_removed_after_spawned_children_exit() -> None:
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor
         from procthrottle import ProcessSemaphore
+from procthrottle._kernel._sysv import SysVSemaphore
         def use(sem):
             with sem:
                 return sem.limit
@@ -300,6 +306,7 @@ def test_killed_creator_of_named_semaphore_does_not_break_it() -> None:
     )
     subprocess.run([PYTHON, "-c", script], env=python_env(), timeout=30, check=False)
     sem = ProcessSemaphore(2, name=name)
+    assert isinstance(sem, SysVSemaphore)
     assert sem.value == 2
     assert sem.attached == 1
     sem.unlink()

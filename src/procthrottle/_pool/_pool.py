@@ -11,7 +11,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Generator, Iterable, Iterator
+from collections.abc import AsyncGenerator, Callable, Generator, Iterable, Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from functools import partial
@@ -323,7 +323,7 @@ class ThrottledProcessPool(Executor):
         buffersize: int | None = None,
         chunksize: int = 1,
         progress: bool = False,
-    ) -> AsyncIterator[T]:
+    ) -> AsyncGenerator[T, None]:
         """Results of ``fn(item)`` in input order, with at most ``buffersize`` items pending
         (default: twice the workers). Closing or cancelling it cancels the pending tasks."""
         buffersize = _positive("buffersize", buffersize) or 2 * self._max_workers * chunksize
