@@ -121,7 +121,6 @@ HOLDER = textwrap.dedent(
     """
     import pickle, sys, time
     from procthrottle import ProcessSemaphore
-from procthrottle._kernel._sysv import SysVSemaphore
     arg = sys.argv[1]
     if arg.startswith("name:"):
         sem = ProcessSemaphore(1, name=arg[5:])
@@ -243,9 +242,7 @@ def test_200_anonymous_semaphores_leave_no_kernel_object() -> None:
         """
         import pickle
         from pathlib import Path
-from typing import Any
         from procthrottle import ProcessSemaphore
-from procthrottle._kernel._sysv import SysVSemaphore
         def count():
             return len(Path("/proc/sysvipc/sem").read_text().splitlines())
         start = count()
@@ -275,7 +272,6 @@ def test_sets_are_removed_after_spawned_children_exit() -> None:
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor
         from procthrottle import ProcessSemaphore
-from procthrottle._kernel._sysv import SysVSemaphore
         def use(sem):
             with sem:
                 return sem.limit
