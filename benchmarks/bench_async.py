@@ -17,14 +17,13 @@ import asyncio
 import gc
 import multiprocessing
 import resource
-import statistics
 import threading
 import time
 from typing import Any
 
 import anyio
 import anyio.to_thread
-from _common import HEADER, row
+from _common import HEADER, handoff_latency, row
 
 from procthrottle import AsyncSemaphore, ProcessSemaphore
 
@@ -99,28 +98,6 @@ def _awaiting_child(sem: ProcessSemaphore, events: Any, stamps: Any, trials: int
     asyncio.run(main())
 
 
-def async_handoff(sem: ProcessSemaphore, trials: int) -> float:
-    """Median seconds from a release in this process to the awaiting task it wakes."""
-    ctx = multiprocessing.get_context("fork")
-    go, ready, done = events = ctx.Event(), ctx.Event(), ctx.Event()
-    stamps = ctx.Array("d", trials, lock=False)
-    released = []
-    child = ctx.Process(target=_awaiting_child, args=(sem, events, stamps, trials))
-    child.start()
-    for _ in range(trials):
-        sem.acquire()
-        go.set()
-        ready.wait()
-        ready.clear()
-        time.sleep(0.005)  # the child's task is now waiting in the waiter thread
-        released.append(time.monotonic())
-        sem.release()
-        done.wait()
-        done.clear()
-    child.join()
-    return statistics.median(s - r for s, r in zip(stamps, released, strict=True))
-
-
 def _idle_waiter(sem: ProcessSemaphore, seconds: float, out: Any) -> None:
     async def main() -> None:
         asem = AsyncSemaphore(sem)
@@ -180,7 +157,8 @@ def main() -> None:
     t_ours, t_ours_safe, t_asyncio = best["fast"], best["safe"], best["asyncio"]
     t_naive = interleaved(1, tasks, naive=lambda: NaiveAdapter(safe4))["naive"]
 
-    latency = async_handoff(ProcessSemaphore(1), trials)
+    # settle: the child's task must be waiting in the waiter thread, not just queued
+    latency = handoff_latency(ProcessSemaphore(1), _awaiting_child, trials, settle=0.005)
     cpu = waiting_cpu(idle)
 
     wall_big, threads_big = asyncio.run(fan_out(AsyncSemaphore(ProcessSemaphore(4)), big))

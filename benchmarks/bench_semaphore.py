@@ -12,28 +12,16 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
-import statistics
 import time
 from typing import Any
 
 import sysv_ipc
-from _common import HEADER, per_call, row
+from _common import HEADER, handoff_latency, per_call, row
 
 from procthrottle import ProcessSemaphore
 
 
 def pair_loop(sem: Any) -> Any:
-    acquire, release = sem.acquire, sem.release
-
-    def loop(n: int) -> None:
-        for _ in range(n):
-            acquire()
-            release()
-
-    return loop
-
-
-def raw_sysv_loop(sem: Any) -> Any:
     acquire, release = sem.acquire, sem.release
 
     def loop(n: int) -> None:
@@ -56,28 +44,6 @@ def _waiter(sem: Any, events: Any, stamps: Any, trials: int) -> None:
         done.set()
 
 
-def handoff_latency(sem: Any, trials: int) -> float:
-    """Median seconds from a release in one process to the acquire it wakes in another."""
-    ctx = multiprocessing.get_context("fork")
-    go, ready, done = events = ctx.Event(), ctx.Event(), ctx.Event()
-    stamps = ctx.Array("d", trials, lock=False)
-    released = []
-    child = ctx.Process(target=_waiter, args=(sem, events, stamps, trials))
-    child.start()
-    for _ in range(trials):
-        sem.acquire()
-        go.set()
-        ready.wait()
-        ready.clear()
-        time.sleep(0.002)  # let the child block in acquire()
-        released.append(time.monotonic())
-        sem.release()
-        done.wait()
-        done.clear()
-    child.join()
-    return statistics.median(s - r for s, r in zip(stamps, released, strict=True))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="small sizes (smoke test)")
@@ -88,7 +54,7 @@ def main() -> None:
     raw = sysv_ipc.Semaphore(None, sysv_ipc.IPC_CREX, 0o600, 1)
     raw.undo, raw.block = True, False
     t_safe = per_call(pair_loop(safe), n)
-    t_raw = per_call(raw_sysv_loop(raw), n)
+    t_raw = per_call(pair_loop(raw), n)
     raw.remove()
 
     fast = ProcessSemaphore(1, crash_safe=False)
@@ -96,9 +62,9 @@ def main() -> None:
     t_fast = per_call(pair_loop(fast), n)
     t_mp = per_call(pair_loop(mp_sem), n)
 
-    lat_safe = handoff_latency(safe, rounds)
-    lat_fast = handoff_latency(fast, rounds)
-    lat_mp = handoff_latency(mp_sem, rounds)
+    lat_safe, lat_fast, lat_mp = (
+        handoff_latency(sem, _waiter, rounds, settle=0.002) for sem in (safe, fast, mp_sem)
+    )
 
     print(HEADER)
     print(row("acquire+release, crash_safe=True vs raw sysv_ipc SEM_UNDO", t_safe * 1e9,
