@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import pickle
 import stat
+import subprocess
+import textwrap
 import threading
 import time
 from collections.abc import Iterator
@@ -13,7 +15,7 @@ import pytest
 import sysv_ipc
 
 import procthrottle
-from helpers import unique_name
+from helpers import PYTHON, python_env, unique_name
 from procthrottle import ProcessSemaphore, SemaphoreClosedError
 from procthrottle._kernel import _posix, _sysv
 from procthrottle._kernel._fallback import FallbackSemaphore
@@ -346,3 +348,28 @@ def test_fallback_kernel_semantics() -> None:
     sem.close()
     with pytest.raises(SemaphoreClosedError):
         sem.acquire()
+
+
+def test_package_imports_where_there_is_no_fork_and_no_system_v() -> None:
+    """What Windows looks like to the package: no os.register_at_fork, no sysv_ipc."""
+    script = textwrap.dedent(
+        """
+        import asyncio, concurrent.futures.process, multiprocessing, os, sys  # before the patch
+        import anyio
+        del os.register_at_fork
+        sys.modules["sysv_ipc"] = None
+        sys.platform = "win32"
+        import procthrottle
+        sem = procthrottle.ProcessSemaphore(2)
+        assert type(sem).__name__ == "FallbackSemaphore", type(sem)
+        assert sem.acquire() and sem.value == 1
+        sem.release()
+        asem = procthrottle.AsyncSemaphore(sem)
+        assert asem.limit == 2
+        print("ok")
+        """
+    )
+    out = subprocess.run(
+        [PYTHON, "-c", script], env=python_env(), capture_output=True, text=True, timeout=30
+    )
+    assert out.stdout == "ok\n", out.stderr

@@ -16,7 +16,10 @@ from ._kernel._semaphore import ProcessSemaphore
 from ._kernel._validate import check_limit, check_name
 
 EXIT_TIMEOUT, EXIT_CANNOT_RUN, EXIT_NOT_FOUND = 124, 126, 127
-FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+FORWARDED = tuple(
+    getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT")
+    if hasattr(signal, name)  # Windows has only the first two
+)
 
 EPILOG = """\
 examples:

@@ -39,7 +39,8 @@ def _after_fork_in_child() -> None:
         sem._reset()
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
+if hasattr(os, "register_at_fork"):  # POSIX; Windows has no fork
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class AsyncSemaphore:
