@@ -19,7 +19,8 @@ def test_dask_client_executor_is_bounded(tmp_path: Path) -> None:
     sem = ProcessSemaphore(2)
     with (
         distributed.LocalCluster(
-            n_workers=2, threads_per_worker=2, processes=True, dashboard_address=None
+            n_workers=2, threads_per_worker=2, processes=True, dashboard_address=None,
+            local_directory=str(tmp_path / "dask"),
         ) as cluster,
         distributed.Client(cluster) as client,
     ):
