@@ -2,7 +2,10 @@ from __future__ import annotations
 
 import gc
 import sys
+import warnings
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -31,6 +34,25 @@ def _describe(semid: int) -> str:
     except OSError as exc:
         return f"{semid}: {exc}"
     return f"{semid}: value/attached/limit/tag={values}"
+
+
+@pytest.fixture
+def dask_client(tmp_path: Path) -> Iterator[Any]:
+    """A Client of a real two-process Dask LocalCluster, its scratch space in tmp_path."""
+    dask = pytest.importorskip("dask")
+    distributed = pytest.importorskip("distributed")
+    with (
+        dask.config.set({"temporary-directory": str(tmp_path / "dask")}),
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=2, processes=True, dashboard_address=None
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        yield client
+    with warnings.catch_warnings():
+        # distributed leaves a few sockets for the garbage collector: not ours to fail on
+        warnings.simplefilter("ignore", ResourceWarning)
+        gc.collect()
 
 
 @pytest.fixture(params=["asyncio", "trio"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -10,23 +11,14 @@ import pool_tasks as tasks
 from helpers import max_overlap
 from procthrottle import ProcessSemaphore, ThrottledExecutor
 
-distributed = pytest.importorskip("distributed")
-
 
 @pytest.mark.timeout(120)
-def test_dask_client_executor_is_bounded(tmp_path: Path) -> None:
+def test_dask_client_executor_is_bounded(dask_client: Any, tmp_path: Path) -> None:
     record = tmp_path / "intervals"
     sem = ProcessSemaphore(2)
-    with (
-        distributed.LocalCluster(
-            n_workers=2, threads_per_worker=2, processes=True, dashboard_address=None,
-            local_directory=str(tmp_path / "dask"),
-        ) as cluster,
-        distributed.Client(cluster) as client,
-    ):
-        executor = ThrottledExecutor(client.get_executor(), sem)
-        futures = [executor.submit(tasks.hold, str(record), 0.1, i) for i in range(8)]
-        assert [f.result(timeout=60) for f in futures] == list(range(8))
+    executor = ThrottledExecutor(dask_client.get_executor(), sem)
+    futures = [executor.submit(tasks.hold, str(record), 0.1, i) for i in range(8)]
+    assert [f.result(timeout=60) for f in futures] == list(range(8))
     rows = [line.split() for line in record.read_text().splitlines()]
     assert len({row[1] for row in rows}) == 2  # both Dask worker processes ran tasks
     assert max_overlap([(float(r[2]), float(r[3])) for r in rows]) == 2

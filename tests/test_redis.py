@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
-import os
 import pickle
 import signal
 import subprocess
@@ -13,6 +12,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -240,21 +240,12 @@ async def test_async_redis_semaphore(url: str) -> None:
 
 
 @pytest.mark.timeout(120)
-def test_dask_cluster_bounded_through_redis(url: str, tmp_path: Path) -> None:
-    distributed = pytest.importorskip("distributed")
+def test_dask_cluster_bounded_through_redis(url: str, dask_client: Any, tmp_path: Path) -> None:
     record = tmp_path / "intervals"
     sem = RedisSemaphore(url, unique_name("pt-redis"), 2)
-    with (
-        distributed.LocalCluster(
-            n_workers=2, threads_per_worker=2, processes=True, dashboard_address=None,
-            local_directory=str(tmp_path / "dask"),
-        ) as cluster,
-        distributed.Client(cluster) as client,
-    ):
-        executor = ThrottledExecutor(client.get_executor(), sem)
-        futures = [executor.submit(tasks.hold, str(record), 0.1, i) for i in range(8)]
-        assert [f.result(timeout=60) for f in futures] == list(range(8))
+    executor = ThrottledExecutor(dask_client.get_executor(), sem)
+    futures = [executor.submit(tasks.hold, str(record), 0.1, i) for i in range(8)]
+    assert [f.result(timeout=60) for f in futures] == list(range(8))
     assert max_overlap(intervals(record)) == 2
     assert sem.value == 2
     sem.unlink()
-    assert os.path.exists(record)
