@@ -140,6 +140,60 @@ async def test_bad_timeout_keeps_count() -> None:
     assert await sem.acquire(timeout=0)
 
 
+async def test_waiters_of_one_process_are_served_first_come_first_served() -> None:
+    sem = AsyncSemaphore(1)
+    order: list[int] = []
+
+    async def user(i: int) -> None:
+        async with sem:
+            order.append(i)
+            await anyio.sleep(0.001)
+
+    assert await sem.acquire()
+    async with anyio.create_task_group() as tg:
+        for i in range(20):
+            tg.start_soon(user, i)
+            await anyio.sleep(0.001)  # they queue in this order
+        sem.release()
+    assert order == list(range(20))
+    assert sem.value == 1
+
+
+def test_one_semaphore_shared_by_loops_in_several_threads() -> None:
+    """asyncio and trio loops in four threads hand slots to each other across threads."""
+    sem = AsyncSemaphore(2)
+    lock = threading.Lock()
+    current = peak = done = 0
+
+    async def user() -> None:
+        nonlocal current, peak, done
+        async with sem:
+            with lock:
+                current += 1
+                peak = max(peak, current)
+            await anyio.sleep(0.0005)
+            with lock:
+                current -= 1
+                done += 1
+
+    async def main() -> None:
+        async with anyio.create_task_group() as tg:
+            for _ in range(200):
+                tg.start_soon(user)
+
+    threads = [
+        threading.Thread(target=anyio.run, args=(main,), kwargs={"backend": backend})
+        for backend in ("asyncio", "trio", "asyncio", "trio")
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert done == 800
+    assert peak == 2
+    assert sem.value == 2
+
+
 async def test_loop_keeps_ticking_while_waiting_for_another_process() -> None:
     name = unique_name()
     sem = AsyncSemaphore(ProcessSemaphore(1, name=name))
