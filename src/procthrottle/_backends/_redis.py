@@ -15,7 +15,6 @@ import random
 import threading
 import time
 import uuid
-from types import TracebackType
 from typing import Any, NoReturn
 from urllib.parse import urlsplit, urlunsplit
 
@@ -23,8 +22,8 @@ import redis
 
 from .._async._semaphore import AsyncSemaphore
 from .._exceptions import ProcThrottleError, SemaphoreClosedError
+from .._kernel._semaphore import HoldsPermits
 from .._kernel._validate import check_count, check_limit, check_name, check_timeout
-from .._typing import Self
 
 log = logging.getLogger("procthrottle.redis")
 
@@ -97,7 +96,7 @@ def _describe(client: redis.Redis) -> str:
     return f"redis://{host}:{port}/{kwargs.get('db', 0)}"
 
 
-class RedisSemaphore:
+class RedisSemaphore(HoldsPermits):
     """A semaphore shared through Redis by every process, on any machine, that opens ``name``.
 
     Same interface as :class:`~procthrottle.ProcessSemaphore`. Permits are leases: a holder that
@@ -229,18 +228,6 @@ class RedisSemaphore:
         except redis.RedisError as exc:
             self._unavailable(exc)
         self.close()
-
-    def __enter__(self) -> Self:
-        self.acquire()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.release()
 
     def __repr__(self) -> str:
         return (

@@ -10,7 +10,31 @@ from .._typing import Self
 from ._validate import check_limit, check_name
 
 
-class ProcessSemaphore:
+class HoldsPermits:
+    """``with sem:`` for any semaphore with ``acquire()`` and ``release()``."""
+
+    __slots__ = ()
+
+    def acquire(self, block: bool = True, timeout: float | None = None) -> bool:
+        raise NotImplementedError  # pragma: no cover
+
+    def release(self, n: int = 1) -> None:
+        raise NotImplementedError  # pragma: no cover
+
+    def __enter__(self) -> Self:
+        self.acquire()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.release()
+
+
+class ProcessSemaphore(HoldsPermits):
     """A counting semaphore shared by processes, optionally host-wide by name.
 
     ``ProcessSemaphore(...)`` builds one of three kernels, all subclasses of this class:
@@ -76,18 +100,6 @@ class ProcessSemaphore:
         raise NotImplementedError  # pragma: no cover
 
     # -- shared behaviour --------------------------------------------------------------------
-    def __enter__(self) -> Self:
-        self.acquire()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.release()
-
     def __repr__(self) -> str:
         try:
             value: Any = self.value
