@@ -11,11 +11,17 @@ MAX_NAME_LENGTH = 200
 _NAME_RE = re.compile(r"[A-Za-z0-9._-]{1,200}")
 
 
+def check_positive(name: str, value: object) -> int:
+    """An int >= 1 (bool refused), or TypeError/ValueError naming the argument."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}")
+    return value
+
+
 def check_limit(limit: object, *, maximum: int = MAX_LIMIT) -> int:
-    if isinstance(limit, bool) or not isinstance(limit, int):
-        raise TypeError(f"limit must be an int, not {type(limit).__name__}")
-    if limit < 1:
-        raise ValueError(f"limit must be >= 1, got {limit}")
+    limit = check_positive("limit", limit)
     if limit > maximum:
         raise ValueError(
             f"limit must be <= {maximum} (the kernel's SEMVMX), got {limit}; "
@@ -37,11 +43,7 @@ def check_name(name: object) -> str | None:
 
 
 def check_count(n: object) -> int:
-    if isinstance(n, bool) or not isinstance(n, int):
-        raise TypeError(f"n must be an int, not {type(n).__name__}")
-    if n < 1:
-        raise ValueError(f"n must be >= 1, got {n}")
-    return n
+    return check_positive("n", n)
 
 
 def check_timeout(timeout: object) -> float | None:

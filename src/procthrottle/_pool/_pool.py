@@ -23,7 +23,7 @@ import anyio.to_thread
 
 from .._exceptions import WorkerCrashedError
 from .._kernel._semaphore import ProcessSemaphore
-from .._kernel._validate import check_limit
+from .._kernel._validate import check_limit, check_positive
 from .._typing import Self
 from . import _worker
 from ._futures import wait_future
@@ -54,15 +54,8 @@ class _Batch:
         self.tasks, self.slot, self.generation = tasks, slot, generation
 
 
-def _positive(name: str, value: object, *, optional: bool = True) -> int | None:
-    if value is None and optional:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int{' or None' if optional else ''}, "
-                        f"not {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"{name} must be >= 1, got {value}")
-    return value
+def _optional_positive(name: str, value: object) -> int | None:
+    return None if value is None else check_positive(name, value)
 
 
 def describe_exit(code: int | None) -> str:
@@ -103,7 +96,7 @@ class ThrottledProcessPool(Executor):
         initargs: tuple[Any, ...] = (),
         max_tasks_per_child: int | None = None,
     ) -> None:
-        workers = _positive("max_workers", max_workers) or os.cpu_count() or 1
+        workers = _optional_positive("max_workers", max_workers) or os.cpu_count() or 1
         limit = check_limit(limit)
         if semaphore is not None:
             if not isinstance(semaphore, ProcessSemaphore):
@@ -120,7 +113,7 @@ class ThrottledProcessPool(Executor):
             raise TypeError("initializer must be callable or None")
         if not isinstance(initargs, tuple):
             raise TypeError(f"initargs must be a tuple, not {type(initargs).__name__}")
-        _positive("max_tasks_per_child", max_tasks_per_child)
+        _optional_positive("max_tasks_per_child", max_tasks_per_child)
         if max_tasks_per_child is not None and sys.version_info < (3, 11):
             raise NotImplementedError("max_tasks_per_child needs Python 3.11 or newer")
 
@@ -222,8 +215,8 @@ class ThrottledProcessPool(Executor):
     ) -> Iterator[T]:
         """Like ``Executor.map``; with ``buffersize`` lazy, holding at most that many pending
         items (chunks count ``chunksize`` items), so infinite iterators work."""
-        chunksize = int(_positive("chunksize", chunksize, optional=False) or 1)
-        _positive("buffersize", buffersize)
+        chunksize = check_positive("chunksize", chunksize)
+        _optional_positive("buffersize", buffersize)
         deadline = None if timeout is None else time.monotonic() + timeout
         calls = zip(*iterables)  # noqa: B905 - shortest wins, as in Executor.map
         futures = self._submit_all(fn, calls, chunksize, buffersize)
@@ -326,7 +319,9 @@ class ThrottledProcessPool(Executor):
     ) -> AsyncGenerator[T, None]:
         """Results of ``fn(item)`` in input order, with at most ``buffersize`` items pending
         (default: twice the workers). Closing or cancelling it cancels the pending tasks."""
-        buffersize = _positive("buffersize", buffersize) or 2 * self._max_workers * chunksize
+        buffersize = (
+            _optional_positive("buffersize", buffersize) or 2 * self._max_workers * chunksize
+        )
         calls = ((item,) for item in iterable)
         futures = self._submit_all(fn, calls, int(chunksize), buffersize)
         bar = _progress_bar() if progress else None
