@@ -13,7 +13,7 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 @pytest.mark.timeout(180)
-@pytest.mark.parametrize("script", ["bench_semaphore.py", "bench_async.py", "bench_pool.py"])
+@pytest.mark.parametrize("script", sorted(p.name for p in BENCHMARKS.glob("bench_*.py")))
 def test_benchmark_runs_quick(script: str) -> None:
     out = subprocess.run(
         [PYTHON, script, "--quick"],
@@ -22,3 +22,21 @@ def test_benchmark_runs_quick(script: str) -> None:
     assert out.returncode == 0, out.stderr
     rows = [line for line in out.stdout.splitlines() if line.startswith("| ")]
     assert len(rows) >= 4, out.stdout
+
+
+@pytest.mark.timeout(120)
+def test_one_command_writes_the_tables(tmp_path: Path) -> None:
+    """`python -m benchmarks` runs the scripts and writes the results page (and plots)."""
+    out = subprocess.run(
+        [PYTHON, "-m", "benchmarks", "--quick", "--no-install", "--only", "recovery",
+         "--results", str(tmp_path / "results.md"), "--img", str(tmp_path / "img")],
+        cwd=BENCHMARKS.parent, env=python_env(), capture_output=True, text=True, timeout=110,
+    )
+    assert out.returncode == 0, out.stderr
+    page = (tmp_path / "results.md").read_text()
+    assert "Machine: " in page
+    assert "### `bench_recovery.py`" in page
+    rows = [line for line in page.splitlines() if line.startswith("| SIGKILLed holder")]
+    assert len(rows) >= 2, page
+    crash_safe = next(row for row in rows if "(crash-safe)" in row)
+    assert "never" not in crash_safe.split("|")[2], crash_safe  # the permit came back

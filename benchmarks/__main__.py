@@ -1,0 +1,206 @@
+"""Every benchmark in one command: tables and plots for docs/benchmarks.md.
+
+    python -m benchmarks [--quick] [--repeats 3] [--only pool,async]
+
+Installs the peers it compares against from the ``bench`` extra when they are missing, runs
+every ``benchmarks/bench_*.py`` script ``--repeats`` times (each measuring procthrottle and
+its baselines in the same run, as ratios), keeps the median of each row, and writes
+
+* ``benchmarks/results.md``: machine, command, and one table per script (docs/benchmarks.md
+  includes it);
+* ``docs/img/bench-<script>.png``: the ratios side by side, with the targets;
+* ``docs/img/scaling-*.png``: the pool's scaling curves against ProcessPoolExecutor.
+
+``--quick`` runs each script once at smoke-test sizes (about a minute in all).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib.util
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+PEERS = ["pebble", "loky", "aiomultiprocess", "mpire", "aiometer", "aiolimiter",
+         "pyrate_limiter", "limits", "posix_ipc", "matplotlib"]
+RATIO = re.compile(r"^([0-9.]+)x$")
+HAVE_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
+TARGET = re.compile(r"^([<>]=)\s*([0-9.]+)x?$")
+
+
+def ensure_peers() -> None:
+    missing = [name for name in PEERS if importlib.util.find_spec(name) is None]
+    if missing:
+        print(f"== installing the bench extra (missing: {', '.join(missing)})", flush=True)
+        subprocess.run([sys.executable, "-m", "pip", "install", "--quiet",
+                        "--disable-pip-version-check", "-e", f"{ROOT}[bench]"], check=True)
+
+
+def machine() -> str:
+    model = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (f"{os.cpu_count()} CPUs ({model}), {platform.system()} {platform.release()}, "
+            f"{platform.python_implementation()} {platform.python_version()}")
+
+
+def run_script(script: Path, quick: bool, curves: Path | None) -> list[list[str]]:
+    command = [sys.executable, script.name] + (["--quick"] if quick else [])
+    if curves is not None:
+        command += ["--json", str(curves)]
+    print(f"== {script.name}", flush=True)
+    out = subprocess.run(command, cwd=HERE, capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        sys.exit(f"{script.name} failed (exit {out.returncode}):\n{out.stderr[-4000:]}")
+    rows = [[cell.strip() for cell in line.strip().strip("|").split("|")]
+            for line in out.stdout.splitlines() if line.startswith("| ")]
+    return [row for row in rows if row[0] != "measure" and not set(row[0]) <= set("-")]
+
+
+def median_rows(runs: list[list[list[str]]]) -> list[list[str]]:
+    """The run whose ratio is the median, row by row (rows are matched by their measure)."""
+    merged = []
+    for row in runs[0]:
+        same = [r for run in runs for r in run if r[0] == row[0]]
+        ratios = [(float(m.group(1)), r) for r in same
+                  if len(r) > 3 and (m := RATIO.match(r[3]))]
+        if len(ratios) == len(same) and ratios:
+            ratios.sort(key=lambda pair: pair[0])
+            merged.append(ratios[len(ratios) // 2][1])
+        else:
+            merged.append(same[len(same) // 2])
+    return merged
+
+
+def plot_ratios(name: str, rows: list[list[str]], out: Path) -> bool:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    bars = [(r[0], float(m.group(1)), r[4] if len(r) > 4 else "") for r in rows
+            if len(r) > 3 and (m := RATIO.match(r[3]))]
+    if not bars:
+        return False
+    fig, ax = plt.subplots(figsize=(9, 0.5 * len(bars) + 1.2))
+    labels = [label if len(label) < 70 else label[:67] + "..." for label, _, _ in bars]
+    ax.barh(range(len(bars)), [ratio for _, ratio, _ in bars], color="#3b7dd8")
+    for i, (_, ratio, target) in enumerate(bars):
+        ax.text(ratio, i, f" {ratio:.2f}x", va="center", fontsize=8)
+        if m := TARGET.match(target):
+            ax.plot([float(m.group(2))] * 2, [i - 0.4, i + 0.4], color="#d83b3b", lw=2)
+    ax.axvline(1.0, color="grey", lw=0.8, ls="--")
+    ax.set_yticks(range(len(bars)), labels, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("procthrottle / baseline (same run); red: target")
+    ax.set_title(name)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def plot_curves(curves: dict[str, list[dict[str, float]]], img: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    made = []
+    specs = [
+        ("workers", "ours", "ppe", "workers (limit = workers)", "no-op tasks / s", False),
+        ("workers", "ours_p99", "ppe_p99", "workers (limit = workers)",
+         "p99 submit-to-result (s)", False),
+        ("tasks", "ours", "ppe", "tasks submitted", "no-op tasks / s", True),
+        ("limit", "ours", "ppe", "limit (4 workers, 2 ms tasks)", "tasks / s", False),
+    ]
+    for key, ours, ppe, xlabel, ylabel, logx in specs:
+        points = curves.get(key) or []
+        if not points or ours not in points[0]:
+            continue
+        fig, ax = plt.subplots(figsize=(5, 3.4))
+        xs = [p["x"] for p in points]
+        ax.plot(xs, [p[ours] for p in points], "o-", label="ThrottledProcessPool")
+        ax.plot(xs, [p[ppe] for p in points], "s--", label="ProcessPoolExecutor")
+        if logx:
+            ax.set_xscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        name = f"scaling-{key}-{ours.replace('ours', 'rate').replace('_', '-')}.png"
+        fig.savefig(img / name, dpi=110)
+        plt.close(fig)
+        made.append(name)
+    return made
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="smoke-test sizes, one repeat")
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each script (median)")
+    parser.add_argument("--only", help="comma-separated script names, e.g. pool,async")
+    parser.add_argument("--results", type=Path, default=HERE / "results.md",
+                        help="the tables' page to write")
+    parser.add_argument("--img", type=Path, default=ROOT / "docs" / "img",
+                        help="folder for the plots")
+    parser.add_argument("--no-install", action="store_true", help="do not pip install peers")
+    args = parser.parse_args()
+    if not args.no_install:
+        ensure_peers()
+    if not HAVE_MATPLOTLIB:
+        print("== matplotlib is not installed: tables only, no plots", flush=True)
+    repeats = 1 if args.quick else max(1, args.repeats)
+    scripts = sorted(HERE.glob("bench_*.py"))
+    if args.only:
+        wanted = {f"bench_{name.strip()}.py" for name in args.only.split(",")}
+        scripts = [s for s in scripts if s.name in wanted]
+    img = args.img
+    img.mkdir(parents=True, exist_ok=True)
+    command = "python -m benchmarks" + (" --quick" if args.quick else f" --repeats {repeats}")
+    lines = [
+        "<!-- written by `python -m benchmarks`: do not edit by hand -->",
+        f"Machine: {machine()}. Run on {datetime.date.today():%Y-%m-%d} with `{command}`; "
+        f"each row is the median of {repeats} run(s) of its script.",
+        "",
+    ]
+    curves: dict[str, list[dict[str, float]]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for script in scripts:
+            json_path = Path(tmp) / "curves.json" if script.name == "bench_scaling.py" else None
+            runs = [run_script(script, args.quick, json_path) for _ in range(repeats)]
+            rows = median_rows(runs)
+            if json_path is not None and json_path.exists():
+                curves = json.loads(json_path.read_text())
+            title = script.stem.removeprefix("bench_")
+            lines += [f"### `{script.name}`", "",
+                      "| measure | procthrottle | baseline | ratio | target |",
+                      "|---|---|---|---|---|"]
+            lines += ["| " + " | ".join(row) + " |" for row in rows]
+            if HAVE_MATPLOTLIB and plot_ratios(f"{script.name}: ratios against baselines",
+                                               rows, img / f"bench-{title}.png"):
+                lines += ["", f"![{title} ratios](img/bench-{title}.png)"]
+            lines.append("")
+    if curves and HAVE_MATPLOTLIB:
+        lines += [f"![{name}](img/{name})" for name in plot_curves(curves, img)]
+    args.results.write_text("\n".join(lines) + "\n")
+    print(f"== wrote {args.results} and {img}/", flush=True)
+
+
+if __name__ == "__main__":
+    main()
