@@ -49,7 +49,8 @@ def run_command(cmd: list[str]) -> int:
     tty = _foreground_terminal()
     try:
         try:
-            child = subprocess.Popen(cmd, preexec_fn=lambda: _in_child(tty))
+            parent = os.getpid()
+            child = subprocess.Popen(cmd, preexec_fn=lambda: _in_child(tty, parent))
         except FileNotFoundError:
             raise CliError(f"{cmd[0]}: command not found", EXIT_NOT_FOUND) from None
         except IsADirectoryError:
@@ -140,9 +141,11 @@ def _give_terminal(tty: int, pgid: int) -> None:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
-def _in_child(tty: int | None) -> None:  # pragma: no cover - runs in the child before exec
+def _in_child(tty: int | None, parent: int) -> None:  # pragma: no cover - child, before exec
     os.setpgid(0, 0)
     if tty is not None:
         _give_terminal(tty, os.getpid())
     if _PRCTL is not None:  # Linux: SIGTERM when procthrottle dies (its permit is back already)
         _PRCTL(_PR_SET_PDEATHSIG, int(signal.SIGTERM))
+        if os.getppid() != parent:  # procthrottle died before prctl: do not run unthrottled
+            os._exit(128 + signal.SIGTERM)
