@@ -272,3 +272,27 @@ def test_import_of_the_redis_module_without_redis_names_the_extra() -> None:
         "ImportError: procthrottle.redis needs the redis client library, which is not "
         "installed: pip install 'procthrottle[redis]'"
     )
+
+
+# -- set-up: one environment for ./scripts/demo and ./scripts/test ------------------------------
+
+def test_demo_and_test_share_one_environment(tmp_path: Path) -> None:
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    log = tmp_path / "pip.log"
+    fake = venv / "bin" / "python"  # stands for the venv's python: records each pip install
+    fake.write_text(f'#!/bin/sh\necho "$@" >> {log}\n')
+    fake.chmod(0o755)
+
+    def source(extras: str) -> list[str]:
+        before = log.read_text().splitlines() if log.exists() else []
+        subprocess.run(["bash", "-c", f'source scripts/_venv.sh "{extras}"'], cwd=ROOT,
+                       env={**os.environ, "PROCTHROTTLE_VENV": str(venv)}, check=True,
+                       timeout=30)
+        return (log.read_text().splitlines() if log.exists() else [])[len(before):]
+
+    assert [line.split()[-1] for line in source("")] == [str(ROOT)]  # the demo: no extras
+    assert [line.split()[-1] for line in source("test,docs")] == [f"{ROOT}[docs,test]"]
+    assert source("") == []  # alternating installs nothing
+    assert source("test,docs") == []
+    assert source("docs") == []
