@@ -142,6 +142,7 @@ def test_sigkilled_procthrottle_returns_permit_and_stops_command(
         [*CLI, "run", "--name", name, "--limit", "1", "--",
          "sh", "-c", f"echo $$ > {pidfile}; exec sleep 30"],
         env=python_env(),
+        start_new_session=True,  # killed, it could not give a developer's terminal back
     )
     sem = ProcessSemaphore(1, name=name)
     wait_until(lambda: pidfile.exists() and pidfile.read_text().strip())

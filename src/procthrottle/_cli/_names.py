@@ -69,7 +69,7 @@ def open_semaphore(name: str, limit: int | None, *, crash_safe: bool) -> Process
             f"no semaphore named {name!r}{kind} on this host; give --limit K to create it",
             EXIT_USAGE,
         ) from None
-    except (ValueError, TypeError) as exc:  # another limit, the other kernel's name, ...
+    except (ValueError, TypeError, FileExistsError) as exc:  # another limit or kind, ...
         raise CliError(str(exc), EXIT_USAGE) from None
     except PermissionError as exc:
         raise CliError(f"cannot open semaphore {name!r}: {exc}", EXIT_FAILED) from None
