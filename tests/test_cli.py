@@ -420,3 +420,32 @@ def test_unlink_removes_every_kind(name: str) -> None:
     ProcessSemaphore(2, name=name, crash_safe=False).close()
     assert cli("unlink", name).returncode == 0
     assert cli("status", name).returncode == 1
+
+
+def test_ctrl_z_stops_command_and_procthrottle_and_fg_resumes_both(
+    name: str, tmp_path: Path
+) -> None:
+    import pty
+
+    master, slave = pty.openpty()
+    ready, go = tmp_path / "ready", tmp_path / "go"
+    job = f"import os, time\nopen({str(ready)!r}, 'w').close()\n" \
+          f"while not os.path.exists({str(go)!r}): time.sleep(0.01)\nraise SystemExit(3)"
+    try:
+        proc = subprocess.Popen(
+            [*CLI, "run", "--name", name, "--limit", "1", "--", PYTHON, "-c", job],
+            stdin=slave, stdout=slave, stderr=slave, env=python_env(),
+            start_new_session=True, preexec_fn=_in_terminal,
+        )
+        wait_until(ready.exists)
+        os.write(master, b"\x1a")  # Ctrl-Z: SIGTSTP to the terminal's foreground group
+        _, status = os.waitpid(proc.pid, os.WUNTRACED)
+        assert os.WIFSTOPPED(status)  # procthrottle stopped too, as a shell's job would
+        assert os.tcgetpgrp(master) == os.getpgid(proc.pid)  # and took the terminal back
+        go.touch()
+        os.kill(proc.pid, signal.SIGCONT)  # what `fg` does after giving it the terminal
+        assert proc.wait(20) == 3  # the command was resumed and ran to its end
+    finally:
+        os.close(slave)
+        os.close(master)
+    assert ProcessSemaphore(1, name=name).value == 1
