@@ -1,4 +1,7 @@
-"""Every script in examples/ runs, small, and says what it should (a smoke test)."""
+"""Every script in examples/ runs, small, and says what it should (a smoke test).
+
+The bound is what is checked: on a loaded machine fewer tasks than the limit may overlap.
+"""
 
 from __future__ import annotations
 
@@ -15,14 +18,14 @@ RUNS = {
     "seed_semaphore.py": ([], r"free permits now: 2/2"),
     "throttle_async_calls.py": (
         ["--calls", "60"],
-        r"peak concurrent requests seen by the server: 5 \(limit 5\)",
+        r"peak concurrent requests seen by the server: [1-5] \(limit 5\)",
     ),
     "gpu_section.py": (["--tasks", "6"], r"most tasks on the GPU at once: 1 \(limit 1\)"),
     "async_pipeline.py": (
         ["--items", "300", "--no-progress"],
-        r"at most 2 tasks ran at once \(limit 2\)",
+        r"at most [12] tasks ran at once \(limit 2\)",
     ),
-    "wrap_executor.py": ([], r"most writers at once: 2 \(limit 2\)"),
+    "wrap_executor.py": ([], r"most writers at once: [12] \(limit 2\)"),
 }
 
 

@@ -1,12 +1,20 @@
 """Limits that span machines: semaphores whose permits are leases in Redis.
 
-Needs the ``redis`` extra (``pip install 'procthrottle[redis]'``) and a Redis server.
+Needs the `redis` extra (`pip install 'procthrottle[redis]'`) and a Redis server.
 """
 
 from __future__ import annotations
 
-from ._backends._redis import AsyncRedisSemaphore as AsyncRedisSemaphore
-from ._backends._redis import RedisSemaphore as RedisSemaphore
-from ._backends._redis import RedisUnavailableError as RedisUnavailableError
+try:
+    from ._backends._redis import AsyncRedisSemaphore as AsyncRedisSemaphore
+    from ._backends._redis import RedisSemaphore as RedisSemaphore
+    from ._backends._redis import RedisUnavailableError as RedisUnavailableError
+except ModuleNotFoundError as exc:  # the extra is missing: say how to get it
+    if exc.name is None or exc.name.partition(".")[0] != "redis":
+        raise
+    raise ImportError(
+        "procthrottle.redis needs the redis client library, which is not installed: "
+        "pip install 'procthrottle[redis]'"
+    ) from exc
 
 __all__ = ["AsyncRedisSemaphore", "RedisSemaphore", "RedisUnavailableError"]

@@ -1,0 +1,183 @@
+"""Layer 4: ``procthrottle``, the command line: throttle shell commands host-wide.
+
+It never prints a Python traceback: every failure is one line on stderr and a documented exit
+code (``procthrottle --help``; set ``PROCTHROTTLE_DEBUG=1`` to see the traceback of an
+unexpected error).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import sys
+import time
+import traceback
+from collections.abc import Sequence
+
+from .._exceptions import SemaphoreClosedError
+from . import _names
+from ._errors import (
+    EXIT_CONFLICT,
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_NOT_FOUND_NAME,
+    EXIT_USAGE,
+    CliError,
+)
+from ._names import NamedInfo
+from ._parser import build_parser
+from ._process import check_command, run_command
+
+__all__ = ["build_parser", "main"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line with ``argv`` (default ``sys.argv[1:]``); return the exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        return _dispatch(args)
+    except CliError as exc:
+        _say(f"procthrottle: {exc}")
+        return exc.code
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:  # `procthrottle list | head`
+        _quiet_stdout()
+        return 0
+    except Exception as exc:
+        if os.environ.get("PROCTHROTTLE_DEBUG"):
+            traceback.print_exc()
+        _say(f"procthrottle: unexpected error: {type(exc).__name__}: {exc} "
+             "(PROCTHROTTLE_DEBUG=1 shows the traceback)")
+        return EXIT_FAILED
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "run":
+        cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+        if not cmd:
+            raise CliError("run: no command given after --", EXIT_USAGE)
+        conflict = EXIT_CONFLICT if args.conflict_exit_code is None else args.conflict_exit_code
+        return _run(args.name, cmd, limit=args.limit, rate=args.rate, wait=args.wait,
+                    timeout=args.timeout, crash_safe=args.crash_safe, conflict=conflict)
+    if args.command == "status":
+        return _status(args.name, as_json=args.json)
+    if args.command == "list":
+        return _list(as_json=args.json)
+    return _unlink(args.name)
+
+
+def _run(
+    name: str,
+    cmd: list[str],
+    *,
+    limit: int | None,
+    rate: str | None,
+    wait: bool,
+    timeout: float | None,
+    crash_safe: bool,
+    conflict: int,
+) -> int:
+    check_command(cmd)
+    deadline = None if timeout is None or math.isinf(timeout) else time.monotonic() + timeout
+    # --rate alone throttles by rate only; otherwise NAME's semaphore (created with --limit, or
+    # joined as it exists) bounds how many commands run at once.
+    sem = None if rate is not None and limit is None else _names.open_semaphore(
+        name, limit, crash_safe=crash_safe)
+    limiter = None if rate is None else _names.rate_limiter(name, rate)
+    try:
+        if sem is not None:
+            try:
+                got = sem.acquire(block=wait, timeout=_left(deadline))
+            except SemaphoreClosedError:
+                raise CliError(f"semaphore {name!r} was unlinked while waiting for a permit",
+                               EXIT_FAILED) from None
+            if not got:
+                _say(f"procthrottle: no permit of {name!r} " + (
+                    "free (--no-wait)" if not wait else f"within {timeout:g} s (--timeout)"))
+                return conflict
+        try:
+            if limiter is not None and not limiter.acquire(block=wait, timeout=_left(deadline)):
+                _say(f"procthrottle: no turn under rate {rate} " + (
+                    "now (--no-wait)" if not wait else f"within {timeout:g} s (--timeout)"))
+                return conflict
+            return run_command(cmd)
+        finally:
+            if sem is not None:
+                with contextlib.suppress(SemaphoreClosedError):
+                    sem.release()  # raises if unlinked while held: the permit went with it
+    finally:
+        if sem is not None:
+            sem.close()
+        if limiter is not None:
+            limiter.close()
+
+
+def _left(deadline: float | None) -> float | None:
+    return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+
+def _status(name: str, *, as_json: bool) -> int:
+    found = _names.describe(name)
+    if not found:
+        raise CliError(f"no semaphore named {name!r} on this host", EXIT_NOT_FOUND_NAME)
+    for info in found:
+        print(json.dumps(info.as_dict()) if as_json else _line(info))
+    return 0
+
+
+def _line(info: NamedInfo) -> str:
+    text = f"{info.name or info.key}: limit {info.limit}, free {info.free}, held {info.held}"
+    if info.processes_attached is not None:
+        text += f", processes attached {info.processes_attached}"
+    if info.holders is not None:
+        text += f", holders {' '.join(map(str, info.holders)) or 'none'}"
+    return text if info.crash_safe else text + " (not crash-safe)"
+
+
+def _list(*, as_json: bool) -> int:
+    found = _names.list_named()
+    if as_json:
+        print(json.dumps([info.as_dict() for info in found]))
+        return 0
+    rows = [("NAME", "KIND", "LIMIT", "FREE", "HELD", "ATTACHED", "HOLDERS")]
+    for info in found:
+        rows.append((
+            info.name or f"? ({info.key})",
+            "crash-safe" if info.crash_safe else "posix",
+            str(info.limit), str(info.free), str(info.held),
+            "-" if info.processes_attached is None else str(info.processes_attached),
+            "-" if info.holders is None else ",".join(map(str, info.holders)) or "none",
+        ))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        cells = (cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+        print("  ".join(cells).rstrip())
+    return 0
+
+
+def _unlink(name: str) -> int:
+    if not _names.unlink(name):
+        raise CliError(f"no semaphore named {name!r} on this host", EXIT_NOT_FOUND_NAME)
+    print(f"removed {name}")
+    return 0
+
+
+def _say(line: str) -> None:
+    with contextlib.suppress(OSError, ValueError):  # stderr closed: nothing to tell
+        print(line, file=sys.stderr, flush=True)
+
+
+def _quiet_stdout() -> None:
+    """After EPIPE on stdout: point it at /dev/null so the interpreter's flush at exit is quiet."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
