@@ -286,3 +286,12 @@ def sweep_anonymous() -> None:
                 _libc.remove(semid)
         except OSError:
             continue
+
+
+def credentials_by_id(semid: int) -> tuple[int, int, int, int]:
+    """``(uid, cuid, gid, mode)`` of the set ``semid`` (Linux: read from /proc)."""
+    for line in Path("/proc/sysvipc/sem").read_text().splitlines()[1:]:
+        fields = line.split()
+        if int(fields[1]) == semid:
+            return int(fields[4]), int(fields[6]), int(fields[5]), int(fields[2], 8)
+    raise OSError(errno.EIDRM, f"no System V set {semid}")

@@ -20,6 +20,7 @@ import os
 import secrets
 import sys
 from _multiprocessing import SemLock, sem_unlink
+from itertools import compress, repeat, starmap
 from multiprocessing.util import Finalize
 from pathlib import Path
 from typing import Any, NoReturn
@@ -39,6 +40,8 @@ MAX_LIMIT = POSIX_MAX_LIMIT
 _SEMAPHORE = 1  # SemLock kind; created owner-only (0o600) by SemLock itself
 _SHM = Path("/dev/shm") if sys.platform.startswith("linux") else None
 ANON_PREFIX = "/pt-anon-"
+_NO_ARGS = repeat(())
+_BLOCK = repeat(True)
 
 
 def os_names(name: str) -> tuple[str, str, str]:
@@ -247,16 +250,36 @@ class PosixSemaphore(ProcessSemaphore):
     def acquire(self, block: bool = True, timeout: float | None = None) -> bool:
         if timeout is not None:
             timeout = check_acquire(block, timeout)
-            if timeout is not None and timeout < 0:
-                timeout = 0.0
-        if self._free_acquire(block, timeout):
+        if self._free_acquire(False):
             try:
                 self._room_release()
-            except SemaphoreClosedError:
-                self._lock.release()  # closed by another thread while we waited: give it back
+            except SemaphoreClosedError:  # pragma: no cover - closed by another thread just now
+                self._lock.release()
                 raise
             return True
-        return False
+        if not block or (timeout is not None and timeout <= 0):
+            return False
+        return self._wait(timeout)
+
+    def _wait(self, timeout: float | None) -> bool:
+        """Block until a permit comes (True) or the timeout passes (False).
+
+        The wait and the matching ``room`` post run in one chain of C calls (``extend`` pulls
+        from ``starmap`` from ``compress`` from ``map``): no signal handler runs between them,
+        so an exception raised by one never strands the permit.
+        """
+        room_release = self._room_release
+        got: list[None] = []
+        got.extend(
+            starmap(room_release, compress(_NO_ARGS, map(self._free_acquire, _BLOCK, (timeout,))))
+        )
+        if not got:
+            return False
+        if self._closed:  # closed by another thread while we waited: give the permit back
+            self._room.acquire(False)
+            self._lock.release()
+            _closed()
+        return True
 
     def release(self, n: int = 1) -> None:
         if n == 1 and n.__class__ is int:

@@ -35,7 +35,7 @@ class _HoldsPermits:
 
     def __aenter__(self) -> NoReturn:
         raise TypeError(
-            f"{type(self).__name__.lstrip('_')} blocks the thread, so it cannot be used with "
+            "ProcessSemaphore blocks the thread, so it cannot be used with "
             "`async with`; wrap it: `async with procthrottle.AsyncSemaphore(sem):` (or use "
             "`with sem:` in synchronous code)"
         )
