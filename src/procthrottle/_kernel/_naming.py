@@ -41,9 +41,7 @@ def key(name: str) -> int:
     return (int.from_bytes(digest.digest(), "big") & 0x7FFFFFFF) or 1  # 0 is IPC_PRIVATE
 
 
-def _init_ops(
-    limit: int, the_tag: tuple[int, int], *, attach: bool
-) -> ctypes.Array[_libc.SemBuf]:
+def _init_ops(limit: int, the_tag: tuple[int, int], *, attach: bool) -> ctypes.Array[_libc.SemBuf]:
     ops = [
         (LIMIT, 0, _libc.IPC_NOWAIT),  # only while nobody has initialised it
         (PERMITS, limit, 0),
@@ -126,9 +124,7 @@ def describe_anonymous(key_: int, semid: int) -> int | None:
     return found[1]
 
 
-def open_or_create_named(
-    name: str, limit: int | None, mode: int
-) -> tuple[int, int, int, bool]:
+def open_or_create_named(name: str, limit: int | None, mode: int) -> tuple[int, int, int, bool]:
     """``(key, semid, limit, created)`` of the named set; ``limit=None`` only opens.
 
     Raises ValueError for another limit, PermissionError for another user's set,
@@ -239,8 +235,10 @@ def find_named(name: str) -> tuple[int, int, int] | None:
         found = _layout(semid)
     except OSError:
         return None
-    if found is None or found[0] not in (tag(name), ANONYMOUS_TAG) or (
-        found[0] == ANONYMOUS_TAG and found[1] != 0
+    if (
+        found is None
+        or found[0] not in (tag(name), ANONYMOUS_TAG)
+        or (found[0] == ANONYMOUS_TAG and found[1] != 0)
     ):
         return None
     return key_, semid, found[1]

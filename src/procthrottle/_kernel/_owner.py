@@ -20,9 +20,7 @@ def _groups() -> set[int]:
     return {os.getegid(), *os.getgroups()}
 
 
-def check_owner(
-    what: str, *, uid: int, cuid: int, gid: int, object_mode: int, mode: int
-) -> None:
+def check_owner(what: str, *, uid: int, cuid: int, gid: int, object_mode: int, mode: int) -> None:
     """Raise `PermissionError` unless an object with these credentials may be used."""
     me = os.geteuid()
     if uid == me and cuid == me:

@@ -72,8 +72,12 @@ def _check_owner(os_name: str, what: str, mode: int) -> None:
     except FileNotFoundError:
         return  # unlinked since we opened it: the handle works, nobody else can get it
     check_owner(
-        what, uid=info.st_uid, cuid=info.st_uid, gid=info.st_gid,
-        object_mode=info.st_mode, mode=mode,
+        what,
+        uid=info.st_uid,
+        cuid=info.st_uid,
+        gid=info.st_gid,
+        object_mode=info.st_mode,
+        mode=mode,
     )
 
 
@@ -289,7 +293,9 @@ class PosixSemaphore(ProcessSemaphore):
             self._refuse(1)
         check_count(n)
         room_acquire, room_release, free_release = (
-            self._room_acquire, self._room_release, self._free_release
+            self._room_acquire,
+            self._room_release,
+            self._free_release,
         )
         taken = 0
         while taken < n:

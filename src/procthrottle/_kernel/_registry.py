@@ -30,11 +30,7 @@ def directory(*, create: bool) -> Path | None:
         info = path.lstat()
     except OSError:
         return None
-    if (
-        not stat.S_ISDIR(info.st_mode)
-        or info.st_uid != os.geteuid()
-        or info.st_mode & 0o022
-    ):
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid() or info.st_mode & 0o022:
         return None
     return path
 

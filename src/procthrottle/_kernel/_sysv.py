@@ -433,5 +433,3 @@ def unlink_named(name: str) -> bool:
     if removed:
         _held.pop(found[1], None)
     return removed
-
-

@@ -86,5 +86,3 @@ def check_acquire(block: object, timeout: object) -> float | None:
     if not block and timeout is not None and timeout >= 0:
         raise ValueError("can't specify a timeout for a non-blocking call")
     return timeout
-
-
