@@ -228,6 +228,7 @@ class PosixSemaphore(ProcessSemaphore):
         self._closed = False
         self._free_acquire, self._free_release = free.acquire, free.release
         self._room_acquire, self._room_release = room.acquire, room.release
+        self._bind_hot_path()
         # The creator of an anonymous semaphore removes its names when it closes or exits;
         # processes that opened it keep working (POSIX unlink semantics).
         self._finalizer = Finalize(
@@ -251,15 +252,50 @@ class PosixSemaphore(ProcessSemaphore):
         return self
 
     # -- hot path -------------------------------------------------------------------------
+    def _bind_hot_path(self) -> None:
+        """Bind ``acquire`` and ``release`` as closures over the four C methods they call.
+
+        A closure reads its C methods from cells, without attribute lookups; ``close()``
+        rebinds those cells, so even an ``acquire`` fetched before closing raises afterwards.
+        """
+        free_acquire, room_release = self._free_acquire, self._room_release
+        room_acquire, free_release = self._room_acquire, self._free_release
+        acquire_slowly, release_slowly = self._acquire_slowly, self._release_slowly
+        one = 1
+
+        def acquire(block: bool = True, timeout: float | None = None) -> bool:
+            if timeout is None and free_acquire(False):
+                room_release()
+                return True
+            return acquire_slowly(block, timeout)
+
+        def release(n: int = 1) -> None:
+            if n is one and room_acquire(False):
+                free_release()
+                return
+            release_slowly(n)
+
+        def close_hot_path() -> None:
+            nonlocal free_acquire, room_release, room_acquire, free_release
+            free_acquire = room_release = room_acquire = free_release = _closed
+
+        self.acquire = acquire  # type: ignore[method-assign]
+        self.release = release  # type: ignore[method-assign]
+        self._close_hot_path = close_hot_path
+
     def acquire(self, block: bool = True, timeout: float | None = None) -> bool:
+        raise NotImplementedError  # pragma: no cover - replaced per instance in _setup
+
+    def release(self, n: int = 1) -> None:
+        raise NotImplementedError  # pragma: no cover - replaced per instance in _setup
+
+    def _acquire_slowly(self, block: bool, timeout: float | None) -> bool:
         if timeout is not None:
             timeout = check_acquire(block, timeout)
+        if self._closed:
+            _closed()
         if self._free_acquire(False):
-            try:
-                self._room_release()
-            except SemaphoreClosedError:  # pragma: no cover - closed by another thread just now
-                self._lock.release()
-                raise
+            self._room_release()
             return True
         if not block or (timeout is not None and timeout <= 0):
             return False
@@ -285,13 +321,11 @@ class PosixSemaphore(ProcessSemaphore):
             _closed()
         return True
 
-    def release(self, n: int = 1) -> None:
-        if n == 1 and n.__class__ is int:
-            if self._room_acquire(False):
-                self._free_release()
-                return
-            self._refuse(1)
-        check_count(n)
+    def _release_slowly(self, n: int) -> None:
+        if self._closed:
+            _closed()
+        if n.__class__ is not int or n != 1:
+            check_count(n)
         room_acquire, room_release, free_release = (
             self._room_acquire,
             self._room_release,
@@ -337,6 +371,7 @@ class PosixSemaphore(ProcessSemaphore):
             self._closed = True
             self._free_acquire = self._free_release = _closed
             self._room_acquire = self._room_release = _closed
+            self._close_hot_path()
             self._finalizer()
 
     def unlink(self) -> None:
