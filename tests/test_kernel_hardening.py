@@ -155,8 +155,8 @@ RACE = """
         barrier.wait()
         try:
             sem = ProcessSemaphore(limit, name=name)
-        except ValueError:
-            out.put(("ValueError", limit))
+        except ValueError as exc:
+            out.put((type(exc).__name__, limit))  # exactly ValueError: a limit mismatch
         else:
             out.put((sem._semid, sem.acquire(block=False)))
         barrier.wait(30)  # everyone keeps what it holds until all have tried
@@ -757,6 +757,10 @@ def test_list_named_shows_both_kernels() -> None:
     finally:
         safe.unlink()
         fast.unlink()
+    assert _inventory.named_info(name) == []
+    fast = ProcessSemaphore(1, name=name, crash_safe=False)
+    assert _inventory.unlink_any(name)
+    assert not _inventory.unlink_any(name)
     names = {i.name for i in _inventory.list_named()}
     assert name not in names
     assert name + "-f" not in names

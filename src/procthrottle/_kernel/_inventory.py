@@ -74,3 +74,19 @@ def list_named() -> list[NamedInfo]:
     for name, crash_safe in _registry.entries():
         found.extend(named_info(name, crash_safe=crash_safe))
     return found
+
+
+def unlink_any(name: str, *, crash_safe: bool | None = None) -> bool:
+    """Remove ``name`` from the host under both kernels (or the one ``crash_safe`` picks).
+
+    Half-made names (a creator died while making them) are removed too. Returns whether
+    anything was removed.
+    """
+    from . import _sysv
+
+    removed = False
+    if crash_safe is not False:
+        removed = _sysv.unlink_named(name) or removed
+    if crash_safe is not True:
+        removed = _posix.unlink_named(name) or removed
+    return removed

@@ -90,8 +90,11 @@ def _layout(semid: int) -> tuple[tuple[int, int], int] | None:
     else:
         return None
     try:
-        the_tag = (_libc.getval(semid, TAG_HI), _libc.getval(semid, TAG_LO))
-        return the_tag, _libc.getval(semid, LIMIT)
+        # The limit first: the set-up semop writes limit and tag at once, so a nonzero limit
+        # means the tag read next is final (read the other way round, a set-up landing in
+        # between would pair a zero tag with a real limit).
+        limit = _libc.getval(semid, LIMIT)
+        return (_libc.getval(semid, TAG_HI), _libc.getval(semid, TAG_LO)), limit
     except OSError as exc:
         if exc.errno == errno.EINVAL and _libc.getval(semid, 0) >= 0:
             return None  # fewer than five semaphores
@@ -134,9 +137,6 @@ def open_or_create_named(name: str, limit: int | None, mode: int) -> tuple[int, 
 
     what = f"semaphore {name!r}"
     key_, the_tag = key(name), tag(name)
-    if limit is not None and _posix.exists(name):
-        raise _other_kernel(name, crash_safe=False)
-    init = None if limit is None else _init_ops(limit, the_tag, attach=False)
     while True:
         created = False
         semid = None if limit is None else _create(key_, mode)
@@ -150,16 +150,20 @@ def open_or_create_named(name: str, limit: int | None, mode: int) -> tuple[int, 
         else:
             created = True
         try:
-            if init is not None:
-                _libc.semop(semid, init)  # finishes a half-made set; no-op when it was made
-            found = _layout(semid)
+            found = None if created else _layout(semid)
+            half_made = created or (found is not None and found[1] == 0)
+            if limit is not None and half_made:
+                # finishes a half-made set (ours, or a dead or stalled creator's); a no-op if
+                # someone else finished it meanwhile
+                _libc.semop(semid, _init_ops(limit, the_tag, attach=False))
+                found = _layout(semid)
         except OSError as exc:
             if exc.errno in _libc.GONE:
                 continue  # removed meanwhile (EINVAL) or between the calls (EIDRM)
             if exc.errno == errno.EACCES:
                 raise PermissionError(f"{what}: {exc.strerror}") from None
             raise
-        if found is None or (found[0] != the_tag and found[1] != 0):
+        if found is None or (found[0] != the_tag and found[1] != 0):  # not ours
             raise NameConflictError(
                 f"{what}: its System V key {key_:#x} is used by "
                 + ("a set of another program" if found is None else "another semaphore name")

@@ -23,6 +23,7 @@ from _multiprocessing import SemLock, sem_unlink
 from itertools import compress, repeat, starmap
 from multiprocessing.util import Finalize
 from pathlib import Path
+from types import MethodType
 from typing import Any, NoReturn
 
 from .._exceptions import SemaphoreClosedError
@@ -50,9 +51,9 @@ def os_names(name: str) -> tuple[str, str, str]:
     return f"/pt-{digest}", f"/pt-{digest}.r", f"/pt-{digest}.l"
 
 
-def _path(os_name: str) -> Path | None:
+def _path(os_name: str) -> str | None:
     """Where Linux keeps the semaphore ``os_name`` (None where the OS does not say)."""
-    return None if _SHM is None else _SHM / f"sem.{os_name[1:]}"
+    return None if _SHM is None else f"/dev/shm/sem.{os_name[1:]}"
 
 
 def _unlink(os_name: str) -> bool:
@@ -68,7 +69,7 @@ def _check_owner(os_name: str, what: str, mode: int) -> None:
     if path is None:  # pragma: no cover - macOS: the OS checks permissions only
         return
     try:
-        info = path.stat()
+        info = os.stat(path)
     except FileNotFoundError:
         return  # unlinked since we opened it: the handle works, nobody else can get it
     check_owner(
@@ -81,30 +82,35 @@ def _check_owner(os_name: str, what: str, mode: int) -> None:
     )
 
 
+def _create(os_name: str, initial: int, maximum: int, mode: int) -> Any:
+    """Create ``os_name``; FileExistsError if it exists."""
+    lock = SemLock(_SEMAPHORE, initial, maximum, os_name, False)
+    path = _path(os_name)
+    if path is not None and mode != 0o600:
+        os.chmod(path, mode)  # sem_open made it 0o600 less the umask
+    return lock
+
+
 def _get(os_name: str, initial: int | None, maximum: int, what: str, mode: int) -> Any:
-    """Open ``os_name``, creating it with ``initial`` if missing (``initial=None``: only open)."""
+    """Open ``os_name``, creating it with ``initial`` if missing (``initial=None``: only open).
+
+    Returns ``(lock, created)``.
+    """
     while True:
-        if initial is not None:
-            try:
-                lock = SemLock(_SEMAPHORE, initial, maximum, os_name, False)
-            except FileExistsError:
-                pass
-            else:
-                path = _path(os_name)
-                if path is not None and mode != 0o600:
-                    os.chmod(path, mode)  # sem_open made it 0o600 less the umask
-                return lock
         try:
             lock = SemLock._rebuild(0, _SEMAPHORE, maximum, os_name)
         except FileNotFoundError:
             if initial is None:
                 raise
-            continue  # unlinked between our two calls: create it
+            try:
+                return _create(os_name, initial, maximum, mode), True
+            except FileExistsError:
+                continue  # created meanwhile by another opener: open that one
         except PermissionError:
             _check_owner(os_name, what, mode)  # names the owner if it is another user
             raise PermissionError(f"{what}: permission denied ({os_name})") from None
         _check_owner(os_name, what, mode)  # after opening: a later swap cannot fool us
-        return lock
+        return lock, False
 
 
 def exists(name: str) -> bool:
@@ -112,7 +118,7 @@ def exists(name: str) -> bool:
     for os_name in os_names(name):
         path = _path(os_name)
         if path is not None:
-            if path.exists():
+            if os.path.exists(path):
                 return True
             continue
         try:  # pragma: no cover - macOS
@@ -131,22 +137,8 @@ def open_or_create_named(name: str, limit: int | None, mode: int) -> tuple[Any, 
 
     free_name, room_name, limit_name = os_names(name)
     what = f"semaphore {name!r} (crash_safe=False)"
-    if limit is not None and _naming.exists(name):
-        raise _naming._other_kernel(name, crash_safe=True)
-    created = False
     try:
-        if limit is None:
-            limit_lock = _get(limit_name, None, POSIX_MAX_LIMIT, what, mode)
-        else:
-            try:
-                limit_lock = SemLock(_SEMAPHORE, limit, POSIX_MAX_LIMIT, limit_name, False)
-            except FileExistsError:
-                limit_lock = _get(limit_name, None, POSIX_MAX_LIMIT, what, mode)
-            else:
-                created = True
-                path = _path(limit_name)
-                if path is not None and mode != 0o600:
-                    os.chmod(path, mode)
+        limit_lock, created = _get(limit_name, limit, POSIX_MAX_LIMIT, what, mode)
     except FileNotFoundError:
         hint = ""
         if _naming.exists(name):
@@ -162,14 +154,26 @@ def open_or_create_named(name: str, limit: int | None, mode: int) -> tuple[Any, 
             f"not {limit}; open it with limit={existing} (or ProcessSemaphore.open({name!r}, "
             f"crash_safe=False)), or unlink it first (`procthrottle unlink {name}`)"
         )
-    free = _get(free_name, existing, existing, what, mode)
-    room = _get(room_name, 0, existing, what, mode)
+    free, _ = _get(free_name, existing, existing, what, mode)
+    room, _ = _get(room_name, 0, existing, what, mode)
     if created:
         if _naming.exists(name):  # a crash-safe creator raced us: neither wins
             unlink_named(name)
             raise _naming._other_kernel(name, crash_safe=True)
         _registry.add(name, False)
     return free, room, existing
+
+
+class _Identity:
+    """Pickles as the semaphore it stands for: ``__self__`` of the hot-path methods."""
+
+    __slots__ = ("reduced",)
+
+    def __init__(self, reduced: tuple[Any, ...]) -> None:
+        self.reduced = reduced
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return self.reduced
 
 
 def _closed(*args: object, **kwargs: object) -> NoReturn:
@@ -263,13 +267,13 @@ class PosixSemaphore(ProcessSemaphore):
         acquire_slowly, release_slowly = self._acquire_slowly, self._release_slowly
         one = 1
 
-        def acquire(block: bool = True, timeout: float | None = None) -> bool:
+        def acquire(_: object, block: bool = True, timeout: float | None = None) -> bool:
             if timeout is None and free_acquire(False):
                 room_release()
                 return True
             return acquire_slowly(block, timeout)
 
-        def release(n: int = 1) -> None:
+        def release(_: object, n: int = 1) -> None:
             if n is one and room_acquire(False):
                 free_release()
                 return
@@ -279,8 +283,11 @@ class PosixSemaphore(ProcessSemaphore):
             nonlocal free_acquire, room_release, room_acquire, free_release
             free_acquire = room_release = room_acquire = free_release = _closed
 
-        self.acquire = acquire  # type: ignore[method-assign]
-        self.release = release  # type: ignore[method-assign]
+        # Bound to a stand-in that pickles as this semaphore (not to self: no reference
+        # cycle), so `sem.release` can be sent to another process like any bound method.
+        identity = _Identity(self.__reduce__())
+        self.acquire = MethodType(acquire, identity)  # type: ignore[method-assign]
+        self.release = MethodType(release, identity)  # type: ignore[method-assign]
         self._close_hot_path = close_hot_path
 
     def acquire(self, block: bool = True, timeout: float | None = None) -> bool:
