@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import os
 import pickle
+import shutil
 import signal
 import subprocess
 import textwrap
@@ -264,22 +265,25 @@ def other_user() -> Iterator[int]:
         pytest.skip("needs root and useradd to make a second user")
     user = f"ptatk{os.getpid() % 100000}"
     subprocess.run(["useradd", "-M", "-r", "-s", "/usr/sbin/nologin", user], check=True)
+    uid = -1
     try:
         import pwd
 
-        yield pwd.getpwnam(user).pw_uid
+        uid = pwd.getpwnam(user).pw_uid
+        yield uid
     finally:
         subprocess.run(["userdel", user], check=False)
+        shutil.rmtree(f"/dev/shm/procthrottle-{uid}", ignore_errors=True)  # its name registry
 
 
-def as_user(uid: int, code: str) -> None:
-    """Run ``code`` in a forked child that became user ``uid``."""
+def as_user(uid: int, code: str, gid: int | None = None) -> None:
+    """Run ``code`` in a forked child that became user ``uid`` (group ``gid``, else its own)."""
     pid = os.fork()
     if pid == 0:  # pragma: no cover - child
         status = 1
         try:
             os.setgroups([])
-            os.setgid(uid)
+            os.setgid(uid if gid is None else gid)
             os.setuid(uid)
             exec(textwrap.dedent(code), {})
             status = 0
@@ -355,6 +359,31 @@ def test_sharing_is_opt_in_with_mode(other_user: int) -> None:
         assert not sem.acquire(block=False)
         sem.release()
         sem.unlink()
+
+
+@pytest.mark.parametrize("crash_safe", KINDS)
+def test_group_sharing_accepts_only_a_group_of_ours(other_user: int, crash_safe: bool) -> None:
+    name = unique_name()
+    as_user(
+        other_user,
+        f"""
+        from procthrottle import ProcessSemaphore
+        s = ProcessSemaphore(1, name={name!r}, crash_safe={crash_safe}, mode=0o660)
+        s.close()
+        """,
+        gid=os.getegid(),  # a group the test process is in
+    )
+    try:
+        with pytest.raises(PermissionError, match="another user"):
+            ProcessSemaphore(1, name=name, crash_safe=crash_safe)  # owner-only: refused
+        with pytest.raises(PermissionError, match="same sharing"):
+            ProcessSemaphore(1, name=name, crash_safe=crash_safe, mode=0o606)  # not for others
+        sem = ProcessSemaphore(1, name=name, crash_safe=crash_safe, mode=0o660)
+        assert sem.acquire(block=False)
+        sem.release()
+        sem.close()
+    finally:
+        _inventory.unlink_any(name)
 
 
 @pytest.mark.parametrize("crash_safe", KINDS)
