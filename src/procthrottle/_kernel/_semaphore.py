@@ -11,7 +11,7 @@ from ._validate import DEFAULT_MODE, check_limit, check_name
 
 
 class _HoldsPermits:
-    """``with sem:`` for any semaphore with ``acquire()`` and ``release()``; no ``async with``."""
+    """``with sem:`` for any semaphore with ``acquire()`` and ``release()``."""
 
     __slots__ = ()
 
@@ -32,16 +32,6 @@ class _HoldsPermits:
         tb: TracebackType | None,
     ) -> None:
         self.release()
-
-    def __aenter__(self) -> NoReturn:
-        raise TypeError(
-            "ProcessSemaphore blocks the thread, so it cannot be used with "
-            "`async with`; wrap it: `async with procthrottle.AsyncSemaphore(sem):` (or use "
-            "`with sem:` in synchronous code)"
-        )
-
-    def __aexit__(self, *exc_info: object) -> NoReturn:
-        raise TypeError("use `async with procthrottle.AsyncSemaphore(sem):`")
 
 
 #: The mixin's former public name, kept for other modules of the package.
@@ -201,6 +191,16 @@ class ProcessSemaphore(_HoldsPermits):
         raise NotImplementedError  # pragma: no cover
 
     # -- shared behaviour --------------------------------------------------------------------
+    def __aenter__(self) -> NoReturn:
+        raise TypeError(
+            "ProcessSemaphore blocks the thread, so it cannot be used with "
+            "`async with`; wrap it: `async with procthrottle.AsyncSemaphore(sem):` (or use "
+            "`with sem:` in synchronous code)"
+        )
+
+    def __aexit__(self, *exc_info: object) -> NoReturn:
+        raise TypeError("use `async with procthrottle.AsyncSemaphore(sem):`")
+
     def __repr__(self) -> str:
         try:
             value: Any = self.value

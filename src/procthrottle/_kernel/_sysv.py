@@ -214,6 +214,10 @@ class SysVSemaphore(ProcessSemaphore):
             if exc.errno in _libc.GONE:
                 self._gone(exc)
             self._handle = _Closed(f"could not attach: {exc}")
+            if exc.errno == errno.EACCES:
+                raise PermissionError(
+                    exc.errno, f"no permission to use this semaphore ({exc.strerror})"
+                ) from exc
             if exc.errno == errno.ERANGE:
                 raise OSError(
                     exc.errno,
