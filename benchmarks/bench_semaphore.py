@@ -5,14 +5,20 @@
 1. crash-safe acquire+release vs a raw sysv_ipc semop pair with SEM_UNDO (target <= 1.5x);
 2. crash_safe=False acquire+release vs multiprocessing.Semaphore (target <= 3x);
 3. cross-process handoff: median time from a release in one process to the woken acquire in
-   another, vs multiprocessing.Semaphore.
+   another, vs multiprocessing.Semaphore;
+4. opening an existing named semaphore (median of many opens, each closed untimed) vs opening
+   the same kind of object with the bare bindings: sysv_ipc.Semaphore(key) and, when installed,
+   posix_ipc.Semaphore(name) (`pip install posix_ipc`; the row is skipped otherwise).
 """
 
 from __future__ import annotations
 
 import argparse
 import multiprocessing
+import os
+import statistics
 import time
+from collections.abc import Callable
 from typing import Any
 
 import sysv_ipc
@@ -42,6 +48,50 @@ def _waiter(sem: Any, events: Any, stamps: Any, trials: int) -> None:
         stamps[i] = time.monotonic()  # CLOCK_MONOTONIC is shared by all processes
         sem.release()
         done.set()
+
+
+def open_p50(open_: Callable[[], Any], close: Callable[[Any], None], n: int) -> float:
+    """Median seconds of one ``open_()`` (its result is closed outside the timing)."""
+    samples = []
+    for _ in range(n):
+        start = time.perf_counter()
+        handle = open_()
+        samples.append(time.perf_counter() - start)
+        close(handle)
+    return statistics.median(samples)
+
+
+def open_rows(n: int) -> list[str]:
+    name = f"pt-bench-open-{os.getpid()}"
+    rows = []
+    safe = ProcessSemaphore(1, name=name)
+    raw = sysv_ipc.Semaphore(None, sysv_ipc.IPC_CREX, 0o600, 1)
+    t_safe = open_p50(lambda: ProcessSemaphore(1, name=name), lambda s: s.close(), n)
+    t_open = open_p50(lambda: ProcessSemaphore.open(name), lambda s: s.close(), n)
+    t_raw = open_p50(lambda: sysv_ipc.Semaphore(raw.key), lambda s: None, n)
+    rows.append(row("open existing name p50, crash_safe=True vs sysv_ipc.Semaphore(key)",
+                    t_safe * 1e6, t_raw * 1e6, "µs", "reported"))
+    rows.append(row("ProcessSemaphore.open(name) p50, crash_safe=True vs sysv_ipc.Semaphore(key)",
+                    t_open * 1e6, t_raw * 1e6, "µs", "reported"))
+    raw.remove()
+    safe.unlink()
+    fast = ProcessSemaphore(1, name=name, crash_safe=False)
+    t_fast = open_p50(lambda: ProcessSemaphore(1, name=name, crash_safe=False),
+                      lambda s: s.close(), n)
+    try:
+        import posix_ipc
+    except ImportError:
+        rows.append(f"| open existing name p50, crash_safe=False | {t_fast * 1e6:.3g} µs "
+                    "| (posix_ipc not installed) | - | reported |")
+    else:
+        bare = posix_ipc.Semaphore(f"/pt-bench-{os.getpid()}", posix_ipc.O_CREX, 0o600, 1)
+        t_posix = open_p50(lambda: posix_ipc.Semaphore(bare.name), lambda s: s.close(), n)
+        rows.append(row("open existing name p50, crash_safe=False vs posix_ipc.Semaphore(name)",
+                        t_fast * 1e6, t_posix * 1e6, "µs", "reported"))
+        bare.unlink()
+        bare.close()
+    fast.unlink()
+    return rows
 
 
 def main() -> None:
@@ -77,6 +127,8 @@ def main() -> None:
               lat_fast * 1e6, lat_mp * 1e6, "µs", "lower is better"))
     safe.close()
     fast.close()
+    for line in open_rows(200 if args.quick else 5_000):
+        print(line)
 
 
 if __name__ == "__main__":

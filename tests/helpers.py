@@ -26,14 +26,30 @@ def read_intervals(path: Path) -> list[tuple[float, float]]:
     return [(float(r[-2]), float(r[-1])) for r in rows]
 
 
+#: Every name unique_name() handed out in this process: the leak check looks for these.
+ISSUED_NAMES: set[str] = set()
+
+
 def sysv_sets() -> set[int]:
-    """Ids of the System V semaphore sets on the host."""
+    """Ids of the System V semaphore sets on the host (ours and everybody else's)."""
     lines = Path("/proc/sysvipc/sem").read_text().splitlines()[1:]
     return {int(line.split()[1]) for line in lines}
 
 
 def unique_name(prefix: str = "pt-test") -> str:
-    return f"{prefix}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+    name = f"{prefix}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+    ISSUED_NAMES.add(name)
+    return name
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def python_env() -> dict[str, str]:

@@ -12,7 +12,7 @@ from typing import Any
 
 from .._exceptions import SemaphoreClosedError
 from ._semaphore import ProcessSemaphore, validate
-from ._validate import MAX_LIMIT, check_count, check_timeout
+from ._validate import DEFAULT_MODE, MAX_LIMIT, check_acquire, check_count, check_mode
 
 
 class FallbackSemaphore(ProcessSemaphore):
@@ -22,8 +22,16 @@ class FallbackSemaphore(ProcessSemaphore):
 
     _lock: Any
 
-    def __init__(self, limit: int = 1, *, name: str | None = None, crash_safe: bool = True) -> None:
+    def __init__(
+        self,
+        limit: int = 1,
+        *,
+        name: str | None = None,
+        crash_safe: bool = True,
+        mode: int = DEFAULT_MODE,
+    ) -> None:
         limit, name = validate(limit, name, maximum=MAX_LIMIT)
+        check_mode(mode)
         if name is not None:
             raise NotImplementedError("named semaphores are not available on this platform")
         self._limit, self._closed = limit, False
@@ -35,7 +43,7 @@ class FallbackSemaphore(ProcessSemaphore):
 
     def acquire(self, block: bool = True, timeout: float | None = None) -> bool:
         self._check()
-        timeout = check_timeout(timeout)
+        timeout = check_acquire(block, timeout)
         if timeout is not None and timeout < 0:
             timeout = 0.0
         return bool(self._lock.acquire(block, timeout))

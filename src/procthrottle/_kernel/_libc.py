@@ -21,9 +21,9 @@ IPC_NOWAIT = 0o4000
 IPC_RMID = 0
 SEM_UNDO = 0x1000
 if sys.platform == "darwin":  # pragma: no cover - constants of <sys/sem.h> differ
-    GETVAL, SETALL = 5, 9
+    GETNCNT, GETPID, GETVAL, SETALL = 3, 4, 5, 9
 else:
-    GETVAL, SETALL = 12, 17
+    GETPID, GETVAL, GETNCNT, SETALL = 11, 12, 14, 17
 
 
 class SemBuf(ctypes.Structure):
@@ -82,6 +82,20 @@ def create(key: int, values: list[int], mode: int = 0o600) -> int | None:
     return int(semid)
 
 
+def create_empty(key: int, nsems: int, mode: int) -> int | None:
+    """Create a set of ``nsems`` zeros with permissions ``mode``; None if ``key`` is taken.
+
+    The values are set afterwards by one atomic ``semop`` that anyone may perform (see
+    ``_sysv``), so a creator that stalls or dies here leaves nothing half-made for long.
+    """
+    semid = _semget(key, nsems, IPC_CREAT | IPC_EXCL | (mode & 0o777))
+    if semid < 0:
+        if ctypes.get_errno() == errno.EEXIST:
+            return None
+        raise _oserror()
+    return int(semid)
+
+
 def lookup(key: int) -> int | None:
     """The id of the set with ``key``, or None if there is none."""
     semid = _semget(key, 0, 0)
@@ -94,6 +108,14 @@ def lookup(key: int) -> int | None:
 
 def getval(semid: int, num: int) -> int:
     value: int = _semctl(semid, num, GETVAL)
+    if value < 0:
+        raise _oserror()
+    return value
+
+
+def getctl(semid: int, num: int, command: int) -> int:
+    """``semctl(semid, num, command)`` for the read-only commands (GETPID, GETNCNT)."""
+    value: int = _semctl(semid, num, command)
     if value < 0:
         raise _oserror()
     return value
@@ -117,6 +139,20 @@ def semop(semid: int, operations: ctypes.Array[SemBuf]) -> bool:
         if code != errno.EINTR:
             raise OSError(code, os.strerror(code))
     return True
+
+
+def deadline(timeout: float | None) -> float | None:
+    """The monotonic deadline of a (validated, clamped) timeout; None waits forever."""
+    return None if timeout is None else time.monotonic() + timeout
+
+
+def timespec(deadline: float | None) -> object:
+    """A ``struct timespec *`` for the time left until ``deadline`` (None: NULL, forever)."""
+    if deadline is None:
+        return None
+    remaining = max(0.0, deadline - time.monotonic())
+    frac, whole = math.modf(remaining)
+    return ctypes.byref(_TimeSpec(int(whole), int(frac * 1e9)))
 
 
 def wait(semid: int, operations: ctypes.Array[SemBuf], timeout: float | None) -> bool:

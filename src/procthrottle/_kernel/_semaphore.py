@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import sys
 from types import TracebackType
-from typing import Any
+from typing import Any, NoReturn
 
 from .._typing import Self
-from ._validate import check_limit, check_name
+from ._validate import DEFAULT_MODE, check_limit, check_name
 
 
-class HoldsPermits:
+class _HoldsPermits:
     """``with sem:`` for any semaphore with ``acquire()`` and ``release()``."""
 
     __slots__ = ()
@@ -34,7 +34,11 @@ class HoldsPermits:
         self.release()
 
 
-class ProcessSemaphore(HoldsPermits):
+#: The mixin's former public name, kept for other modules of the package.
+HoldsPermits = _HoldsPermits
+
+
+class ProcessSemaphore(_HoldsPermits):
     """A counting semaphore shared by processes, optionally host-wide by name.
 
     ``ProcessSemaphore(...)`` builds one of three kernels, all subclasses of this class:
@@ -53,22 +57,109 @@ class ProcessSemaphore(HoldsPermits):
     __slots__ = ("__weakref__",)
 
     def __new__(  # noqa: PYI034
-        cls, limit: int = 1, *, name: str | None = None, crash_safe: bool = True
+        cls,
+        limit: int = 1,
+        *,
+        name: str | None = None,
+        crash_safe: bool = True,
+        mode: int = DEFAULT_MODE,
     ) -> ProcessSemaphore:  # the kernel subclass, not always cls
         if cls is ProcessSemaphore:
             cls = _kernel_class(crash_safe)
         return object.__new__(cls)
 
-    def __init__(self, limit: int = 1, *, name: str | None = None, crash_safe: bool = True) -> None:
+    def __init__(
+        self,
+        limit: int = 1,
+        *,
+        name: str | None = None,
+        crash_safe: bool = True,
+        mode: int = DEFAULT_MODE,
+    ) -> None:
+        """Create an anonymous semaphore, or create or open a named one.
+
+        Args:
+            limit: How many permits it has (1 to 32767 crash-safe, to 2**31-1 otherwise).
+                Opening an existing name with another limit raises `ValueError`.
+            name: Makes the semaphore host-wide: every process that opens this name shares
+                its permits. 1 to 200 characters of `[A-Za-z0-9._-]`. None: anonymous,
+                shared by passing the object to child processes.
+            crash_safe: True (System V with `SEM_UNDO`): permits of a dead holder come back.
+                False (POSIX): faster, any process may release, a dead holder's permits are
+                lost. A name that exists under the other kernel raises `ValueError`.
+            mode: Permission bits of a new named object (default `0o600`, owner-only). An
+                existing name owned by another user is used only if `mode` grants the same
+                sharing (`0o660`: a group the caller is in; `0o666`: everyone).
+
+        Raises:
+            ValueError: A bad `limit`, `name` or `mode`, another limit or kernel for `name`.
+            TypeError: An argument of the wrong type.
+            PermissionError: `name` belongs to another user and `mode` does not share it.
+        """
         raise NotImplementedError  # pragma: no cover - every kernel defines its own
+
+    @classmethod
+    def open(
+        cls, name: str, *, crash_safe: bool = True, mode: int = DEFAULT_MODE
+    ) -> ProcessSemaphore:
+        """Open an existing named semaphore, whatever its limit.
+
+        Args:
+            name: The semaphore's name.
+            crash_safe: Which kernel it lives in (as it was created).
+            mode: The sharing this caller accepts, as for the constructor.
+
+        Returns:
+            A handle on the semaphore; its `limit` is the one it was created with.
+
+        Raises:
+            FileNotFoundError: No semaphore of that kernel has this name.
+            PermissionError: It belongs to another user and `mode` does not share it.
+        """
+        from ._validate import check_mode
+
+        check_name(name)
+        if name is None:
+            raise TypeError("name must be a str, not None")
+        check_mode(mode)
+        kernel = _kernel_class(crash_safe)
+        opener = getattr(kernel, "_open_existing", None)
+        if opener is None:
+            raise NotImplementedError("named semaphores are not available on this platform")
+        sem: ProcessSemaphore = opener(name, mode)
+        return sem
 
     # -- the interface every kernel implements ---------------------------------------------
     def acquire(self, block: bool = True, timeout: float | None = None) -> bool:
-        """Take one permit; return False if none came (``block=False`` or timeout elapsed)."""
+        """Take one permit, as `multiprocessing.Semaphore.acquire`.
+
+        Args:
+            block: False: return at once if no permit is free.
+            timeout: Seconds to wait at most (None or `inf`: forever; negative: do not
+                wait). Must not be given with `block=False`.
+
+        Returns:
+            True when a permit was taken, False when none came.
+
+        Raises:
+            SemaphoreClosedError: The handle was closed (nothing is taken), or the
+                semaphore was unlinked.
+            ValueError: `timeout` is NaN, or given with `block=False`.
+            TypeError: `timeout` is not a number.
+        """
         raise NotImplementedError  # pragma: no cover
 
     def release(self, n: int = 1) -> None:
-        """Return ``n`` permits; ``ValueError`` (and no change) if that would exceed ``limit``."""
+        """Return `n` permits.
+
+        Args:
+            n: How many (an int >= 1).
+
+        Raises:
+            ValueError: The value would exceed `limit`, or (crash-safe) this process holds
+                fewer than `n` permits; nothing changes.
+            SemaphoreClosedError: The handle was closed; nothing changes.
+        """
         raise NotImplementedError  # pragma: no cover
 
     @property
@@ -100,6 +191,16 @@ class ProcessSemaphore(HoldsPermits):
         raise NotImplementedError  # pragma: no cover
 
     # -- shared behaviour --------------------------------------------------------------------
+    def __aenter__(self) -> NoReturn:
+        raise TypeError(
+            "ProcessSemaphore blocks the thread, so it cannot be used with "
+            "`async with`; wrap it: `async with procthrottle.AsyncSemaphore(sem):` (or use "
+            "`with sem:` in synchronous code)"
+        )
+
+    def __aexit__(self, *exc_info: object) -> NoReturn:
+        raise TypeError("use `async with procthrottle.AsyncSemaphore(sem):`")
+
     def __repr__(self) -> str:
         try:
             value: Any = self.value

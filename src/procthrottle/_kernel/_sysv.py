@@ -5,15 +5,17 @@ tag naming its owner (0 for anonymous sets). Every change a process makes to the
 to the attach counter is recorded by the kernel as an undo value, which it applies when the
 process exits, whatever the cause. So a SIGKILLed holder's permits come back, and the attach
 counter always counts the processes that still use the set; the last process to detach from an
-anonymous set removes it. docs/design.md explains why.
+anonymous set removes it. Creation is split in two (``_naming``): ``semget`` makes a set of
+zeros, then one atomic ``semop`` that anyone may perform gives it its limit and tag.
+docs/design.md explains why.
 """
 
 from __future__ import annotations
 
+import ctypes
 import errno
-import hashlib
+import operator
 import os
-import secrets
 import time
 import weakref
 from multiprocessing.util import Finalize, register_after_fork
@@ -23,17 +25,24 @@ import sysv_ipc
 
 from .._exceptions import SemaphoreClosedError
 from . import _libc
+from ._naming import (
+    ANONYMOUS_TAG,
+    ATTACH,
+    PERMITS,
+    check_access,
+    create_anonymous,
+    describe_anonymous,
+    find_named,
+    open_or_create_named,
+)
 from ._semaphore import ProcessSemaphore, validate
-from ._validate import MAX_LIMIT, check_count, check_timeout
+from ._validate import DEFAULT_MODE, MAX_LIMIT, check_acquire, check_count, check_mode
 
-PERMITS, ATTACH, LIMIT, TAG_HI, TAG_LO = range(5)
-ANONYMOUS_TAG = (0, 0)
-#: How many keys a name may hash to before we give up (collisions with other sets).
-PROBES = 8
-#: How long to wait for another process to finish initialising a set it just created.
-INIT_TIMEOUT = 2.0
+__all__ = ["ANONYMOUS_TAG", "ATTACH", "PERMITS", "SysVSemaphore", "find_named", "unlink_named"]
 
+_semtimedop = _libc._semtimedop
 _ACQUIRE = _libc.ops((PERMITS, -1, _libc.SEM_UNDO))
+_RETURN = _libc.ops((PERMITS, 1, _libc.SEM_UNDO))
 _ATTACH = _libc.ops((ATTACH, 1, _libc.SEM_UNDO))
 _DETACH = _libc.ops((ATTACH, -1, _libc.SEM_UNDO | _libc.IPC_NOWAIT))
 _IF_UNUSED = _libc.ops((ATTACH, 0, _libc.IPC_NOWAIT))
@@ -43,7 +52,8 @@ _IF_UNUSED = _libc.ops((ATTACH, 0, _libc.IPC_NOWAIT))
 # permit; list.append and list.pop are atomic, so no lock sits on the hot path, and pop from an
 # empty list is exactly the over-release we must refuse.
 _held: dict[int, list[None]] = {}
-_live: weakref.WeakSet[SysVSemaphore] = weakref.WeakSet()
+#: Every open handle of this process, attached or not (forked children reset them all).
+_handles: weakref.WeakSet[SysVSemaphore] = weakref.WeakSet()
 
 
 def _tokens(semid: int, *, fresh: bool = False) -> list[None]:
@@ -57,18 +67,18 @@ def _after_fork_in_child() -> None:
     # Undo values are not inherited: the child holds no permit and has attached to nothing.
     # It attaches to an inherited set only when it first uses it, so that a child killed by a
     # signal never becomes the last user of a set it never touched (nobody would remove it).
+    # Every handle is reset, used or not, so a grandchild never sees a child's tokens.
     _held.clear()
-    live = list(_live)
-    _live.clear()
-    for sem in live:
+    for sem in list(_handles):
         sem._detached_after_fork()
 
 
 def _after_multiprocessing_bootstrap(_: object) -> None:
     # A multiprocessing child (fork or spawn) clears the finalizer registry after our fork hook
     # ran and after its Process arguments were unpickled; register the detach finalizers again.
-    for sem in list(_live):
-        sem._register_finalizer()
+    for sem in list(_handles):
+        if isinstance(sem._handle, sysv_ipc.Semaphore):
+            sem._register_finalizer()
 
 
 class _Anchor:
@@ -78,95 +88,6 @@ class _Anchor:
 _anchor = _Anchor()
 os.register_at_fork(after_in_child=_after_fork_in_child)
 register_after_fork(_anchor, _after_multiprocessing_bootstrap)
-
-
-def _tag(name: str) -> tuple[int, int]:
-    digest = hashlib.blake2b(name.encode(), digest_size=4, person=b"procthrottle.tag").digest()
-    value = int.from_bytes(digest, "big")
-    hi, lo = (value >> 15) & 0x7FFF, value & 0x7FFF
-    return (hi or 1), lo  # never the anonymous tag
-
-
-def _key(name: str, probe: int) -> int:
-    data = f"{probe}:{name}".encode()
-    digest = hashlib.blake2b(data, digest_size=4, person=b"procthrottle.key").digest()
-    return (int.from_bytes(digest, "big") & 0x7FFFFFFF) or 1  # 0 is IPC_PRIVATE
-
-
-def _describe(key: int, semid: int) -> tuple[tuple[int, int], int] | None:
-    """(tag, limit) of a procthrottle set; None for a foreign or half-made set."""
-    try:
-        _libc.getval(semid, TAG_LO)  # EINVAL: fewer than five semaphores, not one of ours
-        deadline = time.monotonic() + INIT_TIMEOUT
-        while sysv_ipc.Semaphore(key).o_time == 0:  # the creator's first semop marks it ready
-            if time.monotonic() > deadline:
-                if all(_libc.getval(semid, i) == 0 for i in range(5)):
-                    _libc.remove(semid)  # its creator died between semget and set-up
-                return None
-            time.sleep(0.001)
-        tag = (_libc.getval(semid, TAG_HI), _libc.getval(semid, TAG_LO))
-        return tag, _libc.getval(semid, LIMIT)
-    except (OSError, sysv_ipc.Error):
-        return None  # removed meanwhile, not ours, or not readable by us
-
-
-def _initial(limit: int, tag: tuple[int, int]) -> list[int]:
-    return [limit, 0, limit, *tag]
-
-
-def _create_anonymous(limit: int) -> tuple[int, int]:
-    while True:
-        key = secrets.randbelow(0x7FFFFFFE) + 1
-        semid = _libc.create(key, _initial(limit, ANONYMOUS_TAG))
-        if semid is not None:
-            return key, semid
-
-
-def find_named(name: str) -> tuple[int, int, int] | None:
-    """``(key, semid, limit)`` of the named set, or None if it does not exist."""
-    tag = _tag(name)
-    for probe in range(PROBES):
-        key = _key(name, probe)
-        semid = _lookup(key)
-        if semid is None:
-            continue
-        found = _describe(key, semid)
-        if found is not None and found[0] == tag:
-            return key, semid, found[1]
-    return None
-
-
-def _lookup(key: int) -> int | None:
-    try:
-        return _libc.lookup(key)
-    except PermissionError:
-        return None  # another user's set: never ours
-
-
-def _open_or_create_named(name: str, limit: int) -> tuple[int, int, bool]:
-    """``(key, semid, created)``; a set found under another limit raises ValueError."""
-    for _ in range(3):  # a concurrent creator may win the key we chose
-        found = find_named(name)
-        if found is not None:
-            key, semid, existing = found
-            if existing != limit:
-                raise ValueError(
-                    f"semaphore {name!r} already exists with limit={existing}, not {limit}; "
-                    f"open it with limit={existing}, or unlink it first "
-                    f"(`procthrottle unlink {name}`)"
-                )
-            return key, semid, False
-        for probe in range(PROBES):
-            key = _key(name, probe)
-            if _lookup(key) is not None:
-                continue
-            new = _libc.create(key, _initial(limit, _tag(name)))
-            if new is not None:
-                return key, new, True
-            break  # taken meanwhile: look again, it may be our name
-    raise OSError(
-        errno.ENOSPC, f"no free System V key for semaphore {name!r} after {PROBES} probes"
-    )
 
 
 def _detach(semid: int, anonymous: bool) -> None:
@@ -203,69 +124,107 @@ class _AttachOnUse:
     def __init__(self, sem: SysVSemaphore, handle: Any) -> None:
         self.sem, self.handle = sem, handle
 
-    def _attached(self) -> Any:
+    def attach(self) -> Any:
         self.sem._handle = self.handle
         self.sem._attach()
         return self.handle
 
-    def acquire(self) -> None:
-        self._attached().acquire()
+    def acquire(self) -> NoReturn:
+        raise AssertionError("attach first")  # pragma: no cover - acquire() attaches first
 
     def release(self, delta: int = 1) -> None:
-        self._attached().release(delta=delta)
+        self.attach().release(delta)
 
     @property
     def value(self) -> int:
-        value: int = self._attached().value
+        value: int = self.attach().value
         return value
 
 
 class SysVSemaphore(ProcessSemaphore):
     """``ProcessSemaphore(crash_safe=True)`` on Linux and macOS."""
 
-    __slots__ = ("_finalizer", "_handle", "_held", "_key", "_limit", "_name", "_semid")
+    __slots__ = ("_finalizer", "_handle", "_held", "_key", "_limit", "_mode", "_name", "_semid")
 
     _handle: Any  # sysv_ipc.Semaphore with block=False, undo=True; _AttachOnUse; or _Closed
     _finalizer: Finalize | None
 
-    def __init__(self, limit: int = 1, *, name: str | None = None, crash_safe: bool = True) -> None:
+    def __init__(
+        self,
+        limit: int = 1,
+        *,
+        name: str | None = None,
+        crash_safe: bool = True,
+        mode: int = DEFAULT_MODE,
+    ) -> None:
         limit, name = validate(limit, name, maximum=MAX_LIMIT)
+        mode = check_mode(mode)
         if name is None:
-            key, semid = _create_anonymous(limit)
-            created = True
+            key, semid = create_anonymous(limit)
+            self._setup(key, semid, limit, None, mode, created=True)
         else:
-            key, semid, created = _open_or_create_named(name, limit)
-        self._setup(key, semid, limit, name, created=created)
+            key, semid, limit, created = open_or_create_named(name, limit, mode)
+            self._setup(key, semid, limit, name, mode, created=created)
+
+    @classmethod
+    def _open_existing(cls, name: str, mode: int = DEFAULT_MODE) -> SysVSemaphore:
+        """``ProcessSemaphore.open(name)``: the set must exist; its limit is read from it."""
+        key, semid, limit, _ = open_or_create_named(name, None, mode)
+        self = object.__new__(cls)
+        self._setup(key, semid, limit, name, mode, created=False)
+        return self
 
     @classmethod
     def _open_anonymous(cls, key: int, limit: int) -> SysVSemaphore:
-        semid = _lookup(key)
-        found = None if semid is None else _describe(key, semid)
-        if semid is None or found != (ANONYMOUS_TAG, limit):
+        try:
+            semid = _libc.lookup(key)
+        except PermissionError:
+            semid = None
+        if semid is not None:
+            check_access(key, semid, "this anonymous semaphore", DEFAULT_MODE)
+        if semid is None or describe_anonymous(key, semid) != limit:
             raise SemaphoreClosedError(
                 "this anonymous semaphore no longer exists: every process that used it closed "
                 "it or exited. Keep the creating process's ProcessSemaphore alive while others "
                 "use it, or give it a name="
             )
         self = object.__new__(cls)
-        self._setup(key, semid, limit, None, created=False)
+        self._setup(key, semid, limit, None, DEFAULT_MODE, created=False)
         return self
 
-    def _setup(self, key: int, semid: int, limit: int, name: str | None, *, created: bool) -> None:
-        self._key, self._semid, self._limit, self._name = key, semid, limit, name
+    def _setup(
+        self, key: int, semid: int, limit: int, name: str | None, mode: int, *, created: bool
+    ) -> None:
+        self._key, self._semid, self._limit, self._name, self._mode = key, semid, limit, name, mode
         self._held = _tokens(semid, fresh=created)
+        self._finalizer = None
         handle = sysv_ipc.Semaphore(key)
         handle.block, handle.undo = False, True
         self._handle = handle
-        self._attach()
+        _handles.add(self)
+        if not (created and name is None):  # a new anonymous set was attached as it was made
+            self._attach()
+        else:
+            self._register_finalizer()
 
     def _attach(self) -> None:
         try:
-            _libc.semop(self._semid, _ATTACH)  # also marks a new set as ready (sem_otime)
+            _libc.semop(self._semid, _ATTACH)
         except OSError as exc:
-            self._handle = _Closed(self._gone_message())
-            raise SemaphoreClosedError(self._gone_message()) from exc
-        _live.add(self)
+            if exc.errno in _libc.GONE:
+                self._gone(exc)
+            self._handle = _Closed(f"could not attach: {exc}")
+            if exc.errno == errno.EACCES:
+                raise PermissionError(
+                    exc.errno, f"no permission to use this semaphore ({exc.strerror})"
+                ) from exc
+            if exc.errno == errno.ERANGE:
+                raise OSError(
+                    exc.errno,
+                    f"too many handles ({MAX_LIMIT}) are open on this semaphore across the "
+                    "host; close some (every ProcessSemaphore object and process counts once)",
+                ) from exc
+            raise
         self._register_finalizer()
 
     def _register_finalizer(self) -> None:
@@ -275,10 +234,14 @@ class SysVSemaphore(ProcessSemaphore):
         )
 
     def _detached_after_fork(self) -> None:
-        """In a forked child: forget the parent's attach, attach again on first use."""
+        """In a forked child: forget the parent's attach and tokens, attach on first use."""
         self._held = _tokens(self._semid)
         self._finalizer = None
-        self._handle = _AttachOnUse(self, self._handle)
+        handle = self._handle
+        if isinstance(handle, _AttachOnUse):
+            handle = handle.handle
+        if not isinstance(handle, _Closed):
+            self._handle = _AttachOnUse(self, handle)
 
     def _gone_message(self) -> str:
         what = "anonymous semaphore" if self._name is None else f"semaphore {self._name!r}"
@@ -291,23 +254,75 @@ class SysVSemaphore(ProcessSemaphore):
     # -- hot path -------------------------------------------------------------------------
     def acquire(self, block: bool = True, timeout: float | None = None) -> bool:
         if timeout is not None:
-            timeout = check_timeout(timeout)
+            timeout = check_acquire(block, timeout)
+        handle = self._handle
+        if handle.__class__ is _AttachOnUse:
+            handle = handle.attach()
         try:
-            self._handle.acquire()
+            handle.acquire()
         except sysv_ipc.BusyError:
             if not block or (timeout is not None and timeout <= 0):
                 return False
-            try:
-                if not _libc.wait(self._semid, _ACQUIRE, timeout):
-                    return False
-            except OSError as exc:
-                if exc.errno in _libc.GONE:
-                    self._gone(exc)
-                raise
+            return self._wait(timeout)
         except sysv_ipc.ExistentialError as exc:
             self._gone(exc)
+        except BaseException:
+            if handle.__class__ is sysv_ipc.Semaphore:
+                # The operation succeeded and a signal handler raised right after it (only
+                # sysv_ipc's own errors come from a failed operation): keep the permit's token.
+                self._held.append(None)
+            raise
         self._held.append(None)
         return True
+
+    def _wait(self, timeout: float | None) -> bool:
+        """Block in the kernel until a permit comes (True) or the timeout passes (False).
+
+        ``semtimedop`` and the token's append run in one chain of C calls (``extend`` pulls
+        from ``filter`` from ``map``): no Python code, hence no signal handler, runs between
+        them, so an exception from a handler never strands the permit.
+        """
+        if _semtimedop is None:  # pragma: no cover - macOS: poll the non-blocking path
+            return self._poll(timeout)
+        deadline = _libc.deadline(timeout)
+        semid_, ops_, count_ = (self._semid,), (_ACQUIRE,), (len(_ACQUIRE),)
+        held = self._held
+        while True:
+            spec = _libc.timespec(deadline)
+            ctypes.set_errno(0)
+            held.extend(filter(operator.not_, map(_semtimedop, semid_, ops_, count_, (spec,))))
+            code = ctypes.get_errno()
+            if code == 0:
+                break
+            if code == errno.EAGAIN:
+                return False
+            if code in _libc.GONE:
+                self._gone(OSError(code, os.strerror(code)))
+            if code != errno.EINTR:
+                raise OSError(code, f"semtimedop: {os.strerror(code)}")
+            # EINTR: signal handlers ran at the line above (and may have raised); wait again
+        if self._handle.__class__ is _Closed:  # closed by another thread while we waited
+            self._give_back()
+            raise SemaphoreClosedError(self._handle.message)
+        return True
+
+    def _poll(self, timeout: float | None) -> bool:  # pragma: no cover - macOS
+        deadline = _libc.deadline(timeout)
+        delay = 0.0001
+        while not self.acquire(block=False):
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            time.sleep(delay)
+            delay = min(delay * 2, 0.01)
+        return True
+
+    def _give_back(self) -> None:
+        self._held.pop()
+        try:
+            _libc.semop(self._semid, _RETURN)
+        except OSError as exc:  # pragma: no cover - removed meanwhile: nothing to give back
+            if exc.errno not in _libc.GONE:
+                raise
 
     def release(self, n: int = 1) -> None:
         if n.__class__ is not int or n < 1:
@@ -316,15 +331,29 @@ class SysVSemaphore(ProcessSemaphore):
         taken = 0
         try:
             while taken < n:
-                held.pop()
+                try:
+                    held.pop()
+                except IndexError:
+                    raise
+                except BaseException:
+                    taken += 1  # popped; a signal handler raised right after
+                    raise
                 taken += 1
         except IndexError:
             held.extend([None] * taken)
             self._refuse_release(n, taken)
+        except BaseException:
+            held.extend([None] * taken)
+            raise
+        handle = self._handle
         try:
-            self._handle.release(delta=n)
+            handle.release(n)
         except sysv_ipc.ExistentialError as exc:
             self._gone(exc)
+        except BaseException:
+            if handle.__class__ is not sysv_ipc.Semaphore:  # closed: nothing was returned
+                held.extend([None] * n)
+            raise
 
     def _refuse_release(self, n: int, held: int) -> NoReturn:
         value = self.value
@@ -373,12 +402,14 @@ class SysVSemaphore(ProcessSemaphore):
         if isinstance(self._handle, _Closed):
             return
         self._handle = _Closed("the semaphore was closed in this process")
-        _live.discard(self)
+        _handles.discard(self)
         if self._finalizer is not None:  # None: a forked child that never used it
             self._finalizer()
 
     def unlink(self) -> None:
-        if _libc.remove(self._semid):
+        if self._name is not None:
+            unlink_named(self._name)
+        elif _libc.remove(self._semid):
             _held.pop(self._semid, None)
         self.close()
 
@@ -386,15 +417,23 @@ class SysVSemaphore(ProcessSemaphore):
         if isinstance(self._handle, _Closed):
             raise SemaphoreClosedError("cannot pickle a closed semaphore")
         if self._name is not None:
-            return (_open_named, (self._name, self._limit))
+            return (_open_named, (self._name, self._limit, self._mode))
         return (SysVSemaphore._open_anonymous, (self._key, self._limit))
 
 
-def _open_named(name: str, limit: int) -> ProcessSemaphore:
-    return ProcessSemaphore(limit, name=name)
+def _open_named(name: str, limit: int, mode: int = DEFAULT_MODE) -> ProcessSemaphore:
+    return ProcessSemaphore(limit, name=name, mode=mode)
 
 
 def unlink_named(name: str) -> bool:
-    """Remove the named crash-safe set from the host; False if there was none."""
+    """Remove the named crash-safe set from the host (half-made too); False if there was none."""
+    from . import _registry
+
     found = find_named(name)
-    return found is not None and _libc.remove(found[1])
+    _registry.discard(name, True)
+    if found is None:
+        return False
+    removed = _libc.remove(found[1])
+    if removed:
+        _held.pop(found[1], None)
+    return removed

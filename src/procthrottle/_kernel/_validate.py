@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
-import math
 import re
+import sys
 
 #: SEMVMX, the largest value a System V semaphore can hold (also SEMAEM, the largest undo).
 MAX_LIMIT = 32767
+#: SEM_VALUE_MAX on Linux: the largest limit of the POSIX kernel.
+POSIX_MAX_LIMIT = 2**31 - 1
 MAX_NAME_LENGTH = 200
+#: Timeouts above this many seconds (about 31 years) wait forever: the kernels' clocks
+#: overflow long before a float does.
+MAX_TIMEOUT = 1e9
+DEFAULT_MODE = 0o600
 _NAME_RE = re.compile(r"[A-Za-z0-9._-]{1,200}")
 
 
@@ -23,10 +29,10 @@ def check_positive(name: str, value: object) -> int:
 def check_limit(limit: object, *, maximum: int = MAX_LIMIT) -> int:
     limit = check_positive("limit", limit)
     if limit > maximum:
-        raise ValueError(
-            f"limit must be <= {maximum} (the kernel's SEMVMX), got {limit}; "
-            "use crash_safe=False for larger limits"
-        )
+        hint = ""
+        if maximum == MAX_LIMIT and limit <= POSIX_MAX_LIMIT and sys.platform != "win32":
+            hint = "; use crash_safe=False for larger limits (permits of dead holders are lost)"
+        raise ValueError(f"limit must be <= {maximum}, got {limit}{hint}")
     return limit
 
 
@@ -42,16 +48,41 @@ def check_name(name: object) -> str | None:
     return name
 
 
+def check_mode(mode: object) -> int:
+    """Permission bits of a named object: an int within 0o777 whose owner may read and write."""
+    if isinstance(mode, bool) or not isinstance(mode, int):
+        raise TypeError(f"mode must be an int such as 0o600, not {type(mode).__name__}")
+    if mode & ~0o777 or mode & 0o600 != 0o600:
+        raise ValueError(
+            f"mode must be permission bits within 0o777 that include 0o600 (owner read and "
+            f"write), such as 0o600, 0o660 or 0o666; got {mode:#o}"
+        )
+    return mode
+
+
 def check_count(n: object) -> int:
     return check_positive("n", n)
 
 
 def check_timeout(timeout: object) -> float | None:
-    """Return the timeout as a float (None = wait forever); negative means do not wait."""
+    """Return the timeout as a float (None = wait forever); negative means do not wait.
+
+    Infinite and huge timeouts (above `MAX_TIMEOUT`) become None: they wait forever.
+    """
     if timeout is None:
         return None
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
         raise TypeError(f"timeout must be a number or None, not {type(timeout).__name__}")
-    if math.isnan(timeout):
+    if timeout != timeout:  # NaN, without math.isnan's OverflowError on huge ints
         raise ValueError("timeout must not be NaN")
+    if timeout > MAX_TIMEOUT:
+        return None
     return float(timeout)
+
+
+def check_acquire(block: object, timeout: object) -> float | None:
+    """``acquire``'s arguments: the timeout to use (None = forever), as threading checks them."""
+    timeout = check_timeout(timeout)
+    if not block and timeout is not None and timeout >= 0:
+        raise ValueError("can't specify a timeout for a non-blocking call")
+    return timeout

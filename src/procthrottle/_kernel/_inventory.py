@@ -1,0 +1,92 @@
+"""What the CLI shows: this user's named semaphores of both kernels, read from the OS.
+
+Names come from the owner-only registry (`_registry`), since keys are hashes; each entry is
+checked against the kernel, so a name removed by other means is simply not listed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from . import _libc, _naming, _posix, _registry
+
+
+@dataclass(frozen=True)
+class NamedInfo:
+    """One named semaphore as the OS reports it (a snapshot).
+
+    Attributes:
+        name: Its name.
+        crash_safe: True for the System V kernel, False for the POSIX one.
+        limit: Its limit (0: half-made, its creator died before finishing it).
+        value: Free permits now.
+        held: Permits taken (`limit - value`).
+        attached: Processes with the set open (System V only, else None).
+        waiting: Threads blocked waiting for a permit (System V only, else None).
+        last_pid: The last process that took, returned or waited for a permit (System V
+            only, else None); the OS does not say who holds permits.
+    """
+
+    name: str
+    crash_safe: bool
+    limit: int
+    value: int
+    held: int
+    attached: int | None = None
+    waiting: int | None = None
+    last_pid: int | None = None
+
+
+def named_info(name: str, *, crash_safe: bool | None = None) -> list[NamedInfo]:
+    """The semaphores called ``name`` (one per kernel that has it; ``crash_safe`` picks one)."""
+    found: list[NamedInfo] = []
+    if crash_safe is not False:
+        sysv = _naming.find_named(name)
+        if sysv is not None:
+            _, semid, limit = sysv
+            try:
+                value = _libc.getval(semid, _naming.PERMITS)
+                found.append(
+                    NamedInfo(
+                        name,
+                        True,
+                        limit,
+                        value,
+                        max(0, limit - value),
+                        attached=_libc.getval(semid, _naming.ATTACH),
+                        waiting=_libc.getctl(semid, _naming.PERMITS, _libc.GETNCNT),
+                        last_pid=_libc.getctl(semid, _naming.PERMITS, _libc.GETPID) or None,
+                    )
+                )
+            except OSError:
+                pass  # removed meanwhile
+    if crash_safe is not True:
+        posix = _posix.find_named(name)
+        if posix is not None:
+            limit, value = posix
+            found.append(NamedInfo(name, False, limit, value, max(0, limit - value)))
+    return found
+
+
+def list_named() -> list[NamedInfo]:
+    """This user's named semaphores of both kernels that still exist, sorted by name."""
+    found: list[NamedInfo] = []
+    for name, crash_safe in _registry.entries():
+        found.extend(named_info(name, crash_safe=crash_safe))
+    return found
+
+
+def unlink_any(name: str, *, crash_safe: bool | None = None) -> bool:
+    """Remove ``name`` from the host under both kernels (or the one ``crash_safe`` picks).
+
+    Half-made names (a creator died while making them) are removed too. Returns whether
+    anything was removed.
+    """
+    from . import _sysv
+
+    removed = False
+    if crash_safe is not False:
+        removed = _sysv.unlink_named(name) or removed
+    if crash_safe is not True:
+        removed = _posix.unlink_named(name) or removed
+    return removed

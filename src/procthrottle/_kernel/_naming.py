@@ -1,0 +1,299 @@
+"""Finding and making System V sets: one key per name, initialised by one atomic ``semop``.
+
+A name hashes to exactly one key (no probing: two creators that probed differently could end on
+two sets). ``semget(IPC_CREAT | IPC_EXCL)`` picks one creator, but leaves a set of zeros; the set
+gets its limit and tag from one ``semop`` that applies only while the limit is still 0, and that
+*any* opener may perform. So a creator that stalls or dies after ``semget`` delays nobody: the
+next opener finishes the set itself, atomically, and every creator then reads the same limit.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import hashlib
+import os
+import secrets
+import time
+from pathlib import Path
+
+import sysv_ipc
+
+from . import _libc
+from ._owner import NameConflictError, check_owner
+
+PERMITS, ATTACH, LIMIT, TAG_HI, TAG_LO = range(5)
+NSEMS = 5
+ANONYMOUS_TAG = (0, 0)
+#: A set whose limit is still 0 this long after its creation lost its creator: removable.
+HALF_MADE_AGE = 60.0
+
+
+def tag(name: str) -> tuple[int, int]:
+    digest = hashlib.blake2b(name.encode(), digest_size=4, person=b"procthrottle.tag").digest()
+    value = int.from_bytes(digest, "big")
+    hi, lo = (value >> 15) & 0x7FFF, value & 0x7FFF
+    return (hi or 1), lo  # never the anonymous tag
+
+
+def key(name: str) -> int:
+    digest = hashlib.blake2b(f"0:{name}".encode(), digest_size=4, person=b"procthrottle.key")
+    return (int.from_bytes(digest.digest(), "big") & 0x7FFFFFFF) or 1  # 0 is IPC_PRIVATE
+
+
+def _init_ops(limit: int, the_tag: tuple[int, int], *, attach: bool) -> ctypes.Array[_libc.SemBuf]:
+    ops = [
+        (LIMIT, 0, _libc.IPC_NOWAIT),  # only while nobody has initialised it
+        (PERMITS, limit, 0),
+        (LIMIT, limit, 0),
+        (TAG_HI, the_tag[0], 0),  # also stamps TAG_HI's sempid: who initialised the set
+        (TAG_LO, the_tag[1], 0),
+    ]
+    if attach:
+        ops.append((ATTACH, 1, _libc.SEM_UNDO))
+    return _libc.ops(*ops)
+
+
+def credentials(key_: int, semid: int) -> tuple[int, int, int, int]:
+    """``(uid, cuid, gid, mode)`` of the set; PermissionError if we may not even read it."""
+    try:
+        handle = sysv_ipc.Semaphore(key_)
+        if handle.id != semid:
+            raise OSError(errno.EIDRM, "the set was replaced meanwhile")
+        return handle.uid, handle.cuid, handle.gid, handle.mode
+    except sysv_ipc.PermissionsError as exc:
+        raise PermissionError(errno.EACCES, str(exc)) from None
+    except sysv_ipc.ExistentialError:
+        raise OSError(errno.EIDRM, "the set was removed meanwhile") from None
+
+
+def check_access(key_: int, semid: int, what: str, mode: int) -> None:
+    """PermissionError unless the set is ours, or shared as ``mode`` accepts."""
+    try:
+        uid, cuid, gid, object_mode = credentials(key_, semid)
+    except PermissionError:
+        raise PermissionError(
+            f"{what} (System V key {key_:#x}) belongs to another user and is not readable by "
+            "you; named semaphores are private to their owner. Choose another name, or ask "
+            "that user (or root) to remove it with `procthrottle unlink`"
+        ) from None
+    check_owner(what, uid=uid, cuid=cuid, gid=gid, object_mode=object_mode, mode=mode)
+
+
+def _layout(semid: int) -> tuple[tuple[int, int], int] | None:
+    """``(tag, limit)`` of a five-semaphore set; None if it has another size."""
+    try:
+        _libc.getval(semid, NSEMS)  # a sixth semaphore: not one of ours
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:
+            raise
+    else:
+        return None
+    try:
+        # The limit first: the set-up semop writes limit and tag at once, so a nonzero limit
+        # means the tag read next is final (read the other way round, a set-up landing in
+        # between would pair a zero tag with a real limit).
+        limit = _libc.getval(semid, LIMIT)
+        return (_libc.getval(semid, TAG_HI), _libc.getval(semid, TAG_LO)), limit
+    except OSError as exc:
+        if exc.errno == errno.EINVAL and _libc.getval(semid, 0) >= 0:
+            return None  # fewer than five semaphores
+        raise
+
+
+def _create(key_: int, mode: int) -> int | None:
+    return _libc.create_empty(key_, NSEMS, mode)
+
+
+def create_anonymous(limit: int) -> tuple[int, int]:
+    """A new owner-only anonymous set, initialised and attached to by this process."""
+    sweep_anonymous()
+    while True:
+        key_ = secrets.randbelow(0x7FFFFFFE) + 1
+        semid = _create(key_, 0o600)
+        if semid is not None:
+            _libc.semop(semid, _init_ops(limit, ANONYMOUS_TAG, attach=True))
+            return key_, semid
+
+
+def describe_anonymous(key_: int, semid: int) -> int | None:
+    """The limit of the anonymous set ``semid``; None if it is not one."""
+    try:
+        found = _layout(semid)
+    except OSError:
+        return None
+    if found is None or found[0] != ANONYMOUS_TAG or found[1] == 0:
+        return None
+    return found[1]
+
+
+def open_or_create_named(name: str, limit: int | None, mode: int) -> tuple[int, int, int, bool]:
+    """``(key, semid, limit, created)`` of the named set; ``limit=None`` only opens.
+
+    Raises ValueError for another limit, PermissionError for another user's set,
+    NameConflictError for another kernel or program, FileNotFoundError (only opening).
+    """
+    from . import _posix, _registry
+
+    what = f"semaphore {name!r}"
+    key_, the_tag = key(name), tag(name)
+    while True:
+        created = False
+        semid = None if limit is None else _create(key_, mode)
+        if semid is None:
+            semid = _lookup(key_)
+            if semid is None:
+                if limit is None:
+                    raise _not_found(name)
+                continue  # removed since our semget: create it again
+            check_access(key_, semid, what, mode)
+        else:
+            created = True
+        try:
+            found = None if created else _layout(semid)
+            half_made = created or (found is not None and found[1] == 0)
+            if limit is not None and half_made:
+                # finishes a half-made set (ours, or a dead or stalled creator's); a no-op if
+                # someone else finished it meanwhile
+                _libc.semop(semid, _init_ops(limit, the_tag, attach=False))
+                found = _layout(semid)
+        except OSError as exc:
+            if exc.errno in _libc.GONE:
+                continue  # removed meanwhile (EINVAL) or between the calls (EIDRM)
+            if exc.errno == errno.EACCES:
+                raise PermissionError(f"{what}: {exc.strerror}") from None
+            raise
+        if found is None or (found[0] != the_tag and found[1] != 0):  # not ours
+            raise NameConflictError(
+                f"{what}: its System V key {key_:#x} is used by "
+                + ("a set of another program" if found is None else "another semaphore name")
+                + "; choose another name, or remove that set (ipcrm -S "
+                f"{key_:#x}) if it is stale"
+            )
+        existing = found[1]
+        if existing == 0:  # opening without a limit a set whose creator has not finished
+            raise _not_found(name, half_made=True)
+        if limit is not None and existing != limit:
+            raise ValueError(
+                f"{what} already exists with limit={existing}, not {limit}; open it with "
+                f"limit={existing} (or ProcessSemaphore.open({name!r})), or unlink it first "
+                f"(`procthrottle unlink {name}`)"
+            )
+        if created:
+            if _posix.exists(name):  # a crash_safe=False creator raced us: neither wins
+                _libc.remove(semid)
+                raise _other_kernel(name, crash_safe=False)
+            _registry.add(name, True)
+        return key_, semid, existing, created
+
+
+def _lookup(key_: int) -> int | None:
+    try:
+        return _libc.lookup(key_)
+    except PermissionError:  # pragma: no cover - semget(key, 0, 0) asks for no permission
+        raise PermissionError(
+            f"System V key {key_:#x} belongs to another user's set; choose another name"
+        ) from None
+
+
+def _not_found(name: str, *, half_made: bool = False) -> FileNotFoundError:
+    from . import _posix
+
+    if half_made:
+        return FileNotFoundError(
+            f"semaphore {name!r} is half-made (its creator stopped before giving it a limit); "
+            f"create it with ProcessSemaphore(limit, name={name!r}), which finishes it, or "
+            f"remove it with `procthrottle unlink {name}`"
+        )
+    hint = ""
+    if _posix.exists(name):
+        hint = "; a crash_safe=False semaphore has this name: open it with crash_safe=False"
+    return FileNotFoundError(
+        f"no crash-safe semaphore named {name!r} exists; create it with "
+        f"ProcessSemaphore(limit, name={name!r}){hint}"
+    )
+
+
+def _other_kernel(name: str, *, crash_safe: bool) -> NameConflictError:
+    return NameConflictError(
+        f"semaphore {name!r} already exists with crash_safe={crash_safe}; open it with "
+        f"crash_safe={crash_safe}, or unlink it first (`procthrottle unlink {name}`)"
+    )
+
+
+def exists(name: str) -> bool:
+    """Whether a System V set (half-made or not) holds the name's key."""
+    try:
+        return _libc.lookup(key(name)) is not None
+    except OSError:  # pragma: no cover - cannot tell: say yes, refusing is the safe side
+        return True
+
+
+def find_named(name: str) -> tuple[int, int, int] | None:
+    """``(key, semid, limit)`` of the named set (limit 0: half-made), or None."""
+    key_ = key(name)
+    try:
+        semid = _libc.lookup(key_)
+        if semid is None:
+            return None
+        found = _layout(semid)
+    except OSError:
+        return None
+    if (
+        found is None
+        or found[0] not in (tag(name), ANONYMOUS_TAG)
+        or (found[0] == ANONYMOUS_TAG and found[1] != 0)
+    ):
+        return None
+    return key_, semid, found[1]
+
+
+_swept = False
+
+
+def sweep_anonymous() -> None:
+    """Remove this user's anonymous sets whose every user died (once per process, Linux).
+
+    The last user of an anonymous set removes it when it closes or exits normally; a SIGKILL
+    leaves the set behind with an attach count of 0. Any later process of the same user
+    removes such sets when it makes its first anonymous semaphore.
+    """
+    global _swept
+    if _swept:
+        return
+    _swept = True
+    try:
+        lines = Path("/proc/sysvipc/sem").read_text().splitlines()[1:]
+    except OSError:
+        return
+    me, now = os.geteuid(), time.time()
+    for line in lines:
+        fields = line.split()
+        try:
+            semid, nsems, uid, cuid, ctime = (int(fields[i]) for i in (1, 3, 4, 6, 9))
+        except (IndexError, ValueError):  # pragma: no cover - another format
+            continue
+        if nsems != NSEMS or uid != me or cuid != me:
+            continue
+        try:
+            found = _layout(semid)
+            if found is None or found[0] != ANONYMOUS_TAG:
+                continue
+            if found[1] == 0:
+                if now - ctime > HALF_MADE_AGE:
+                    _libc.remove(semid)
+            elif _libc.getval(semid, ATTACH) == 0 and _libc.semop(
+                semid, _libc.ops((ATTACH, 0, _libc.IPC_NOWAIT))
+            ):
+                _libc.remove(semid)
+        except OSError:
+            continue
+
+
+def credentials_by_id(semid: int) -> tuple[int, int, int, int]:
+    """``(uid, cuid, gid, mode)`` of the set ``semid`` (Linux: read from /proc)."""
+    for line in Path("/proc/sysvipc/sem").read_text().splitlines()[1:]:
+        fields = line.split()
+        if int(fields[1]) == semid:
+            return int(fields[4]), int(fields[6]), int(fields[5]), int(fields[2], 8)
+    raise OSError(errno.EIDRM, f"no System V set {semid}")
