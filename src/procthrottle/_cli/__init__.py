@@ -18,6 +18,7 @@ import traceback
 from collections.abc import Sequence
 
 from .._exceptions import SemaphoreClosedError
+from .._kernel._inventory import NamedInfo
 from . import _names
 from ._errors import (
     EXIT_CONFLICT,
@@ -27,7 +28,6 @@ from ._errors import (
     EXIT_USAGE,
     CliError,
 )
-from ._names import NamedInfo
 from ._parser import build_parser
 from ._process import check_command, run_command
 
@@ -126,32 +126,44 @@ def _status(name: str, *, as_json: bool) -> int:
     if not found:
         raise CliError(f"no semaphore named {name!r} on this host", EXIT_NOT_FOUND_NAME)
     for info in found:
-        print(json.dumps(info.as_dict()) if as_json else _line(info))
+        print(json.dumps(_as_dict(info)) if as_json else _line(info))
     return 0
 
 
+def _as_dict(info: NamedInfo) -> dict[str, object]:
+    """The JSON form: what the OS tells; ``holders`` is null (no kernel records them)."""
+    found: dict[str, object] = {
+        "name": info.name, "crash_safe": info.crash_safe, "limit": info.limit,
+        "free": info.value, "held": info.held,
+    }
+    if info.crash_safe:
+        found |= {"processes_attached": info.attached, "waiting": info.waiting,
+                  "last_pid": info.last_pid}
+    return found | {"holders": None}
+
+
 def _line(info: NamedInfo) -> str:
-    text = f"{info.name or info.key}: limit {info.limit}, free {info.free}, held {info.held}"
-    if info.processes_attached is not None:
-        text += f", processes attached {info.processes_attached}"
-    if info.holders is not None:
-        text += f", holders {' '.join(map(str, info.holders)) or 'none'}"
+    text = f"{info.name}: limit {info.limit}, free {info.value}, held {info.held}"
+    if info.attached is not None:
+        text += f", processes attached {info.attached}"
+    if info.waiting:
+        text += f", waiting {info.waiting}"
     return text if info.crash_safe else text + " (not crash-safe)"
 
 
 def _list(*, as_json: bool) -> int:
     found = _names.list_named()
     if as_json:
-        print(json.dumps([info.as_dict() for info in found]))
+        print(json.dumps([_as_dict(info) for info in found]))
         return 0
-    rows = [("NAME", "KIND", "LIMIT", "FREE", "HELD", "ATTACHED", "HOLDERS")]
+    rows: list[tuple[str, ...]] = [
+        ("NAME", "KIND", "LIMIT", "FREE", "HELD", "ATTACHED", "WAITING", "LAST PID")
+    ]
     for info in found:
         rows.append((
-            info.name or f"? ({info.key})",
-            "crash-safe" if info.crash_safe else "posix",
-            str(info.limit), str(info.free), str(info.held),
-            "-" if info.processes_attached is None else str(info.processes_attached),
-            "-" if info.holders is None else ",".join(map(str, info.holders)) or "none",
+            info.name, "crash-safe" if info.crash_safe else "posix",
+            str(info.limit), str(info.value), str(info.held),
+            *("-" if v is None else str(v) for v in (info.attached, info.waiting, info.last_pid)),
         ))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
