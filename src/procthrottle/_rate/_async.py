@@ -1,0 +1,191 @@
+"""``AsyncRateLimiter``: wait for a rate limiter's slot on the event loop, no thread at all."""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from types import TracebackType
+
+import anyio
+import sniffio
+
+from .._kernel._validate import check_timeout
+from .._typing import Self
+from ._limiter import RateLimiter, Reservation, _monotonic_ns
+
+
+class _Waiter:
+    __slots__ = ("cancelled", "event", "inherited", "n")
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.event = anyio.Event()
+        self.cancelled = False
+        self.inherited: Reservation | None = None  # a slot handed over by a cancelled waiter
+
+
+class AsyncRateLimiter:
+    """Await a `RateLimiter` on asyncio or trio: the wait is a sleep on the event loop.
+
+    Each acquisition computes its reservation in the shared state (a few system calls that
+    never block) and sleeps until its slot, so 10,000 waiting tasks cost no thread. The
+    waiters of one process (per event loop) are served first come, first served: only the
+    first of them holds a reservation while the others wait behind it, so a cancelled waiter
+    costs the others nothing. A waiter cancelled while it holds a reservation gives it back
+    (when no reservation was made after it) or hands it to the next waiter of its loop.
+
+    Args:
+        limiter: A `RateLimiter`, or the arguments of an anonymous one: a number per second
+            or a rate string such as `"10/s"`.
+    """
+
+    __slots__ = ("_limiter", "_lock", "_queues")
+
+    def __init__(self, limiter: RateLimiter | float | str) -> None:
+        if isinstance(limiter, RateLimiter):
+            self._limiter = limiter
+        elif isinstance(limiter, bool) or not isinstance(limiter, (int, float, str)):
+            raise TypeError(
+                "limiter must be a RateLimiter, a number per second or a rate string such as "
+                f"'10/s', not {type(limiter).__name__}"
+            )
+        else:
+            self._limiter = RateLimiter(limiter)
+        self._queues: dict[object, deque[_Waiter]] = {}  # per event loop
+        self._lock = threading.Lock()
+
+    @property
+    def limiter(self) -> RateLimiter:
+        """The wrapped `RateLimiter`."""
+        return self._limiter
+
+    @property
+    def rate(self) -> float:
+        """How many acquisitions per `per` seconds."""
+        return self._limiter.rate
+
+    @property
+    def per(self) -> float:
+        """The period of `rate`, in seconds."""
+        return self._limiter.per
+
+    @property
+    def burst(self) -> int:
+        """How many acquisitions may be admitted at once."""
+        return self._limiter.burst
+
+    @property
+    def name(self) -> str | None:
+        """The limiter's host-wide name, or None."""
+        return self._limiter.name
+
+    def _queue(self, library: str) -> tuple[object, deque[_Waiter]]:
+        if library == "trio":
+            import trio
+
+            loop: object = trio.lowlevel.current_trio_token()
+        else:
+            import asyncio
+
+            loop = asyncio.get_running_loop()
+        queue = self._queues.get(loop)
+        if queue is None:
+            with self._lock:
+                queue = self._queues.setdefault(loop, deque())
+        return loop, queue
+
+    async def acquire(self, n: int = 1, *, timeout: float | None = None) -> bool:
+        """Wait on the event loop until `n` units of the rate are allowed.
+
+        Args:
+            n: The weight of this acquisition, 1 to `burst`.
+            timeout: The longest wait in seconds (None: no limit; 0 or less: do not wait).
+
+        Returns:
+            True once admitted; False, reserving nothing, when the wait would be longer than
+            `timeout`.
+
+        Raises:
+            SemaphoreClosedError: The limiter was closed or unlinked.
+        """
+        limiter = self._limiter
+        n = limiter._check_n(n)
+        seconds = None if timeout is None else check_timeout(timeout)
+        library = sniffio.current_async_library()
+        if library == "trio":
+            await anyio.lowlevel.checkpoint_if_cancelled()
+        loop, queue = self._queue(library)
+        if not queue and limiter._reserve(n, 0) is not None:  # allowed now, nobody before us
+            if library == "trio":
+                await anyio.lowlevel.cancel_shielded_checkpoint()
+            return True
+        if seconds is not None and seconds == float("inf"):
+            seconds = None
+        deadline = None if seconds is None else _monotonic_ns() + max(0, int(seconds * 1e9))
+        return await self._wait(loop, queue, _Waiter(n), deadline)
+
+    async def _wait(
+        self, loop: object, queue: deque[_Waiter], waiter: _Waiter, deadline: int | None
+    ) -> bool:
+        limiter = self._limiter
+        queue.append(waiter)
+        reservation: Reservation | None = None
+        try:
+            if queue[0] is not waiter:
+                if deadline is None:
+                    await waiter.event.wait()
+                else:
+                    with anyio.move_on_after(max(0, deadline - _monotonic_ns()) / 1e9):
+                        await waiter.event.wait()
+                    if not waiter.event.is_set():
+                        return False
+            # First in line: use a slot handed over, or reserve one.
+            reservation, waiter.inherited = waiter.inherited, None
+            if reservation is None:
+                max_wait = None if deadline is None else max(0, deadline - _monotonic_ns())
+                reservation = limiter._reserve(waiter.n, max_wait)
+                if reservation is None:
+                    return False
+            slot = reservation[0]
+            while (delay := slot - _monotonic_ns()) > 0:
+                await anyio.sleep(delay / 1e9)
+            reservation = None  # admitted
+            return True
+        finally:
+            self._leave(loop, queue, waiter, reservation)
+
+    def _leave(
+        self, loop: object, queue: deque[_Waiter], waiter: _Waiter, unused: Reservation | None
+    ) -> None:
+        """Take ``waiter`` out of line, give back an unused reservation, pass the turn on."""
+        waiter.cancelled = True
+        if unused is None:
+            unused, waiter.inherited = waiter.inherited, None
+        if unused is not None and self._limiter._give_back(unused):
+            unused = None  # the shared state is as if it never reserved
+        if queue and queue[0] is waiter:
+            queue.popleft()
+            while queue and queue[0].cancelled:
+                queue.popleft()
+            if queue:
+                head = queue[0]
+                if unused is not None and head.n <= waiter.n:
+                    head.inherited = unused  # its place in the shared order, not wasted
+                head.event.set()
+            elif self._queues.get(loop) is queue:
+                del self._queues[loop]
+
+    async def __aenter__(self) -> Self:
+        await self.acquire()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        pass
+
+    def __repr__(self) -> str:
+        return f"AsyncRateLimiter({self._limiter!r})"
