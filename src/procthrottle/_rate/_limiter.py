@@ -146,7 +146,7 @@ class RateLimiter:
         self._finalizer = None
 
     def _mismatch(self, name: str, header: shared.Header) -> str:
-        theirs = describe([(1.0, t / 1e9) for t in header.intervals])
+        theirs = describe([(1e9 / t, 1.0) for t in header.intervals])
         return (
             f"rate limiter {name!r} already exists with {theirs} (burst={header.burst}), not "
             f"{describe(self._pairs)} (burst={self._burst}); open it with the same rates and "
