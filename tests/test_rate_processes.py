@@ -142,7 +142,8 @@ def test_sigkill_in_the_middle_of_an_update(where: str, named: str, tmp_path: Pa
     child.start()
     deadline = time.monotonic() + 30
     while not marker.exists():
-        assert time.monotonic() < deadline and child.is_alive()
+        assert time.monotonic() < deadline
+        assert child.is_alive()
         time.sleep(0.01)
     # The child read the state and stalls before committing: we are not held up.
     assert limiter.acquire(2, block=False)

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import anyio
 
 from procthrottle import AsyncRateLimiter, RateLimiter
+
+if TYPE_CHECKING:
+    from procthrottle.redis import RedisRateLimiter
 
 
 def record(path: str, line: str) -> None:
@@ -60,7 +65,8 @@ def sync_loop(limiter: RateLimiter, path: str, seconds: float) -> None:
             record(path, f"{time.monotonic()!r} 1 {os.getpid()}")
 
 
-def acquire_times(limiter: RateLimiter, count: int) -> list[float]:
+def acquire_times(limiter: RateLimiter | RedisRateLimiter, count: int, *tag: object) -> list[float]:
+    """Acquire ``count`` times; ``tag`` only tells identical submissions apart (Dask)."""
     times = []
     for _ in range(count):
         assert limiter.acquire(timeout=30)
@@ -74,18 +80,18 @@ def stall_in_update(name: str, marker: str, where: str) -> None:
 
     limiter = RateLimiter(50, name=name, burst=2)
     if where == "compute":
-        real = _limiter.reserve
+        real = _limiter.reserve  # type: ignore[attr-defined]
 
         def slow_reserve(*args: object, **kwargs: object) -> object:
             record(marker, "in update")
             time.sleep(60)
             return real(*args, **kwargs)  # type: ignore[arg-type]
 
-        _limiter.reserve = slow_reserve  # type: ignore[assignment]
+        _limiter.reserve = slow_reserve  # type: ignore[attr-defined,assignment]
     else:
         real_swap = _store.RateSet.swap
 
-        def slow_swap(self: _store.RateSet, old: list[int], new: list[int]) -> bool:
+        def slow_swap(self: _store.RateSet, old: Sequence[int], new: Sequence[int]) -> bool:
             record(marker, "in update")
             time.sleep(60)
             return real_swap(self, old, new)

@@ -43,14 +43,18 @@ class AsyncRateLimiter:
 
     def __init__(self, limiter: RateLimiter | float | str) -> None:
         if isinstance(limiter, RateLimiter):
-            self._limiter = limiter
+            pass
         elif isinstance(limiter, bool) or not isinstance(limiter, (int, float, str)):
             raise TypeError(
                 "limiter must be a RateLimiter, a number per second or a rate string such as "
                 f"'10/s', not {type(limiter).__name__}"
             )
         else:
-            self._limiter = RateLimiter(limiter)
+            limiter = RateLimiter(limiter)
+        self._adopt(limiter)
+
+    def _adopt(self, limiter: RateLimiter) -> None:
+        self._limiter = limiter
         self._queues: dict[object, deque[_Waiter]] = {}  # per event loop
         self._lock = threading.Lock()
 
@@ -115,7 +119,7 @@ class AsyncRateLimiter:
         if library == "trio":
             await anyio.lowlevel.checkpoint_if_cancelled()
         loop, queue = self._queue(library)
-        if not queue and limiter._reserve(n, 0) is not None:  # allowed now, nobody before us
+        if not queue and self._admit_now(n):  # allowed now, nobody before us
             if library == "trio":
                 await anyio.lowlevel.cancel_shielded_checkpoint()
             return True
@@ -127,7 +131,6 @@ class AsyncRateLimiter:
     async def _wait(
         self, loop: object, queue: deque[_Waiter], waiter: _Waiter, deadline: int | None
     ) -> bool:
-        limiter = self._limiter
         queue.append(waiter)
         reservation: Reservation | None = None
         try:
@@ -143,7 +146,7 @@ class AsyncRateLimiter:
             reservation, waiter.inherited = waiter.inherited, None
             if reservation is None:
                 max_wait = None if deadline is None else max(0, deadline - _monotonic_ns())
-                reservation = limiter._reserve(waiter.n, max_wait)
+                reservation = await self._reserve(waiter.n, max_wait)
                 if reservation is None:
                     return False
             slot = reservation[0]
@@ -152,17 +155,32 @@ class AsyncRateLimiter:
             reservation = None  # admitted
             return True
         finally:
+            if reservation is not None or waiter.inherited is not None:
+                with anyio.CancelScope(shield=True):
+                    if reservation is None:
+                        reservation, waiter.inherited = waiter.inherited, None
+                    if reservation is not None and await self._give_back(reservation):
+                        reservation = None  # the shared state is as if it never reserved
             self._leave(loop, queue, waiter, reservation)
+
+    # -- what a backend provides ----------------------------------------------------------
+    def _admit_now(self, n: int) -> bool:
+        """Take ``n`` at once if they are allowed now, without waiting (False: queue up)."""
+        return self._limiter._reserve(n, 0) is not None
+
+    async def _reserve(self, n: int, max_wait: int | None) -> Reservation | None:
+        """Reserve the next slot (monotonic ns) unless it is more than ``max_wait`` ns away."""
+        return self._limiter._reserve(n, max_wait)
+
+    async def _give_back(self, reservation: Reservation) -> bool:
+        """Undo an unused reservation if it is still the latest one."""
+        return self._limiter._give_back(reservation)
 
     def _leave(
         self, loop: object, queue: deque[_Waiter], waiter: _Waiter, unused: Reservation | None
     ) -> None:
-        """Take ``waiter`` out of line, give back an unused reservation, pass the turn on."""
+        """Take ``waiter`` out of line and pass the turn on, with a slot it could not give back."""
         waiter.cancelled = True
-        if unused is None:
-            unused, waiter.inherited = waiter.inherited, None
-        if unused is not None and self._limiter._give_back(unused):
-            unused = None  # the shared state is as if it never reserved
         if queue and queue[0] is waiter:
             queue.popleft()
             while queue and queue[0].cancelled:
