@@ -337,6 +337,8 @@ class AsyncRedisRateLimiter(AsyncRateLimiter):
 
     __slots__ = ("_aclients", "_thread_limiter")
 
+    _local = False
+
     def __init__(
         self,
         client_or_url: redis.Redis | str,

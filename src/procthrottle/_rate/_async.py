@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections import deque
 from types import TracebackType
@@ -24,6 +25,9 @@ class _Waiter:
         self.inherited: Reservation | None = None  # a slot handed over by a cancelled waiter
 
 
+_get_running_loop = asyncio._get_running_loop
+
+
 class AsyncRateLimiter:
     """Await a `RateLimiter` on asyncio or trio: the wait is a sleep on the event loop.
 
@@ -40,6 +44,9 @@ class AsyncRateLimiter:
     """
 
     __slots__ = ("_limiter", "_lock", "_queues")
+
+    #: Whether the limiter is this host's `RateLimiter` (its first try is inlined).
+    _local = True
 
     def __init__(self, limiter: RateLimiter | float | str) -> None:
         if isinstance(limiter, RateLimiter):
@@ -83,20 +90,12 @@ class AsyncRateLimiter:
         """The limiter's host-wide name, or None."""
         return self._limiter.name
 
-    def _queue(self, library: str) -> tuple[object, deque[_Waiter]]:
-        if library == "trio":
-            import trio
-
-            loop: object = trio.lowlevel.current_trio_token()
-        else:
-            import asyncio
-
-            loop = asyncio.get_running_loop()
+    def _queue(self, loop: object) -> deque[_Waiter]:
         queue = self._queues.get(loop)
         if queue is None:
             with self._lock:
                 queue = self._queues.setdefault(loop, deque())
-        return loop, queue
+        return queue
 
     async def acquire(self, n: int = 1, *, timeout: float | None = None) -> bool:
         """Wait on the event loop until `n` units of the rate are allowed.
@@ -113,20 +112,29 @@ class AsyncRateLimiter:
             SemaphoreClosedError: The limiter was closed or unlinked.
         """
         limiter = self._limiter
-        n = limiter._check_n(n)
+        if n != 1 or n.__class__ is not int:
+            n = limiter._check_n(n)
         seconds = None if timeout is None else check_timeout(timeout)
-        library = sniffio.current_async_library()
-        if library == "trio":
+        loop: object = _get_running_loop()  # asyncio's, in C; None on trio
+        trio = loop is None and sniffio.current_async_library() == "trio"
+        if trio:
+            import trio as trio_module
+
             await anyio.lowlevel.checkpoint_if_cancelled()
-        loop, queue = self._queue(library)
-        if not queue and self._admit_now(n):  # allowed now, nobody before us
-            if library == "trio":
+            loop = trio_module.lowlevel.current_trio_token()
+        elif loop is None:
+            raise RuntimeError("AsyncRateLimiter.acquire needs a running asyncio or trio loop")
+        queue = self._queues.get(loop)
+        if not queue and (
+            limiter._reserve(n, 0) is not None if self._local else self._admit_now(n)
+        ):  # allowed now, nobody before us
+            if trio:
                 await anyio.lowlevel.cancel_shielded_checkpoint()
             return True
         if seconds is not None and seconds == float("inf"):
             seconds = None
         deadline = None if seconds is None else _monotonic_ns() + max(0, int(seconds * 1e9))
-        return await self._wait(loop, queue, _Waiter(n), deadline)
+        return await self._wait(loop, self._queue(loop), _Waiter(n), deadline)
 
     async def _wait(
         self, loop: object, queue: deque[_Waiter], waiter: _Waiter, deadline: int | None

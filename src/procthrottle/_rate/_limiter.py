@@ -183,14 +183,51 @@ class RateLimiter:
         store = self._store
         tats = self._cache
         fresh = tats is None
+        burst = self._burst
+        intervals = self._intervals
+        if len(intervals) == 1:  # the GCRA of _gcra.reserve for one rate, and swap1, inlined
+            interval = intervals[0]
+            local = store._local
+            ops = local.ops
+            while True:
+                if tats is None:
+                    tats = store.read()
+                    fresh = True
+                tat = tats[0]
+                now = _monotonic_ns()
+                slot = (tat if tat > now else now) + (n - burst) * interval
+                if slot < now:
+                    slot = now
+                if max_wait is not None and slot - now > max_wait:
+                    if not fresh:  # our cached view may be stale (a reservation given back)
+                        tats = None
+                        continue
+                    return None
+                after = (tat if tat > slot else slot) + n * interval
+                if after >= shared.MAX_TIME:
+                    raise OverflowError("the rate limiter's queue reaches too far ahead")
+                ops[1] = -(tat & 0x7FFF)
+                ops[7] = after & 0x7FFF
+                ops[10] = -((tat >> 15) & 0x7FFF)
+                ops[16] = (after >> 15) & 0x7FFF
+                ops[19] = -((tat >> 30) & 0x7FFF)
+                ops[25] = (after >> 30) & 0x7FFF
+                ops[28] = -(tat >> 45)
+                ops[34] = after >> 45
+                if shared.semop(store.semid, local.address, store.count_ops) == 0:
+                    new = [after]
+                    self._cache = new
+                    return slot, tats, new
+                store.check_errno()
+                tats = None
         while True:
             if tats is None:
                 tats = store.read()
                 fresh = True
             now = _monotonic_ns()
-            slot, new = reserve(tats, now, n, self._intervals, self._burst)
+            slot, new = reserve(tats, now, n, intervals, burst)
             if max_wait is not None and slot - now > max_wait:
-                if not fresh:  # our cached view may be stale (a reservation given back)
+                if not fresh:
                     tats = None
                     continue
                 return None
