@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
@@ -75,26 +74,34 @@ def acquire_times(limiter: RateLimiter | RedisRateLimiter, count: int, *tag: obj
 
 
 def stall_in_update(name: str, marker: str, where: str) -> None:
-    """Open the named limiter, then stall forever inside a state update (for SIGKILL)."""
+    """Open the named limiter, then stall forever inside a state update (for SIGKILL).
+
+    ``compute``: after reading the state, before computing the new one; ``swap``: with the
+    new state computed, just before the compare-and-swap system call.
+    """
     from procthrottle._rate import _limiter, _store
 
     limiter = RateLimiter(50, name=name, burst=2)
+    limiter._cache = None  # read the shared state first, as a process that lost a race does
+
+    def stall() -> None:
+        record(marker, "in update")
+        time.sleep(60)
+
     if where == "compute":
-        real = _limiter.reserve  # type: ignore[attr-defined]
+        real_clock = _limiter._monotonic_ns
 
-        def slow_reserve(*args: object, **kwargs: object) -> object:
-            record(marker, "in update")
-            time.sleep(60)
-            return real(*args, **kwargs)  # type: ignore[arg-type]
+        def slow_clock() -> int:
+            stall()
+            return real_clock()
 
-        _limiter.reserve = slow_reserve  # type: ignore[attr-defined,assignment]
+        _limiter._monotonic_ns = slow_clock
     else:
-        real_swap = _store.RateSet.swap
+        real_semop = _store.semop
 
-        def slow_swap(self: _store.RateSet, old: Sequence[int], new: Sequence[int]) -> bool:
-            record(marker, "in update")
-            time.sleep(60)
-            return real_swap(self, old, new)
+        def slow_semop(*args: Any) -> Any:
+            stall()
+            return real_semop(*args)
 
-        _store.RateSet.swap = slow_swap  # type: ignore[method-assign]
+        _store.semop = slow_semop  # type: ignore[assignment]
     limiter.acquire()
