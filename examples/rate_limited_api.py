@@ -73,9 +73,10 @@ def main() -> None:
     limiter.close()
 
     print(f"{statuses.count(200)} of {args.requests} requests answered in {elapsed:.2f} s")
-    if args.requests > args.burst:
-        spread = arrivals and max(arrivals) - min(arrivals)
-        observed = (len(arrivals) - args.burst) / spread if spread else float("inf")
+    times = sorted(arrivals)
+    half = len(times) // 2
+    if len(times) - half > 2 and half >= args.burst:  # steady state: the second half
+        observed = (len(times) - 1 - half) / (times[-1] - times[half])
         print(f"observed rate after the burst: {observed:.1f} requests/s (limit {args.rate})")
     print(
         f"most requests in any 1 s window: {busiest_second(arrivals)} "

@@ -346,6 +346,29 @@ async def test_cancelled_head_hands_its_slot_to_the_next_waiter() -> None:
 
 
 @pytest.mark.anyio
+async def test_cancelling_many_waiters_wastes_no_quota() -> None:
+    limiter = RateLimiter(100, burst=1)  # one slot per 10 ms
+    alimiter = AsyncRateLimiter(limiter)
+    admitted = 0
+
+    async def task() -> None:
+        nonlocal admitted
+        await alimiter.acquire()
+        admitted += 1
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(50):
+            tg.start_soon(task)
+        await anyio.sleep(0.1)  # about 10 admitted, a few more holding reservations
+        tg.cancel_scope.cancel()  # cancelled in the order they queued
+    assert 5 <= admitted <= 15
+    # Every reservation not used went back: the next slot is the one after the last admitted.
+    (tat,) = limiter._store.read()
+    assert tat - time.monotonic_ns() <= 10_000_000
+    limiter.close()
+
+
+@pytest.mark.anyio
 async def test_ten_thousand_waiters_use_no_thread() -> None:
     alimiter = AsyncRateLimiter(RateLimiter(40000, burst=500))
     threads = threading.active_count()

@@ -23,7 +23,8 @@ def test_rate_limited_api_example_keeps_the_rate() -> None:
     assert "40 of 40 requests answered" in out.stdout
     match = re.search(r"observed rate after the burst: ([\d.]+) requests/s", out.stdout)
     assert match is not None, out.stdout
-    assert 17.0 <= float(match[1]) <= 20.5  # 20/s; never above it, a little below if slow
+    # 20/s, measured at the server over the second half (arrival jitter: a few %)
+    assert 17.0 <= float(match[1]) <= 21.0
     busiest = re.search(r"most requests in any 1 s window: (\d+)", out.stdout)
     assert busiest is not None
     assert int(busiest[1]) <= 25 + 1  # rate + burst (+1: arrival times include latency)

@@ -14,15 +14,48 @@ from .._kernel._validate import check_timeout
 from .._typing import Self
 from ._limiter import RateLimiter, Reservation, _monotonic_ns
 
+#: A waiter whose slot is at most this far ahead lets the next waiter of its loop reserve at
+#: once, so that a process keeps this much of its queue in the shared order (a process stalled
+#: for less than this loses no quota); beyond it, the next waiter reserves when it is admitted.
+LOOKAHEAD_NS = 50_000_000
+
 
 class _Waiter:
-    __slots__ = ("cancelled", "event", "inherited", "n")
+    __slots__ = ("cancelled", "event", "n", "turn")
 
     def __init__(self, n: int) -> None:
         self.n = n
         self.event = anyio.Event()
         self.cancelled = False
-        self.inherited: Reservation | None = None  # a slot handed over by a cancelled waiter
+        self.turn = False  # it may reserve now (the turn passes in FIFO order)
+
+
+class _Line:
+    """The waiters of one event loop: who may reserve next, and slots given up."""
+
+    __slots__ = ("busy", "pending", "spare")
+
+    def __init__(self) -> None:
+        self.pending: deque[_Waiter] = deque()
+        self.busy = False  # a waiter holds the turn
+        self.spare: list[tuple[int, Reservation]] = []  # (n, slot) of cancelled waiters
+
+    def take_spare(self, n: int) -> Reservation | None:
+        """A slot a cancelled waiter could not give back, if one holds ``n`` (earliest first)."""
+        for i, (weight, reservation) in enumerate(self.spare):
+            if weight >= n:
+                del self.spare[i]
+                return reservation
+        return None
+
+    def pass_turn(self) -> None:
+        while self.pending:
+            waiter = self.pending.popleft()
+            if not waiter.cancelled:
+                waiter.turn = True
+                waiter.event.set()
+                return
+        self.busy = False
 
 
 _get_running_loop = asyncio._get_running_loop
@@ -62,7 +95,7 @@ class AsyncRateLimiter:
 
     def _adopt(self, limiter: RateLimiter) -> None:
         self._limiter = limiter
-        self._queues: dict[object, deque[_Waiter]] = {}  # per event loop
+        self._queues: dict[object, _Line] = {}  # per event loop
         self._lock = threading.Lock()
 
     @property
@@ -90,12 +123,12 @@ class AsyncRateLimiter:
         """The limiter's host-wide name, or None."""
         return self._limiter.name
 
-    def _queue(self, loop: object) -> deque[_Waiter]:
-        queue = self._queues.get(loop)
-        if queue is None:
+    def _line(self, loop: object) -> _Line:
+        line = self._queues.get(loop)
+        if line is None:
             with self._lock:
-                queue = self._queues.setdefault(loop, deque())
-        return queue
+                line = self._queues.setdefault(loop, _Line())
+        return line
 
     async def acquire(self, n: int = 1, *, timeout: float | None = None) -> bool:
         """Wait on the event loop until `n` units of the rate are allowed.
@@ -124,8 +157,8 @@ class AsyncRateLimiter:
             loop = trio_module.lowlevel.current_trio_token()
         elif loop is None:
             raise RuntimeError("AsyncRateLimiter.acquire needs a running asyncio or trio loop")
-        queue = self._queues.get(loop)
-        if not queue and (
+        line = self._queues.get(loop)
+        if line is None and (
             limiter._reserve(n, 0) is not None if self._local else self._admit_now(n)
         ):  # allowed now, nobody before us
             if trio:
@@ -134,42 +167,52 @@ class AsyncRateLimiter:
         if seconds is not None and seconds == float("inf"):
             seconds = None
         deadline = None if seconds is None else _monotonic_ns() + max(0, int(seconds * 1e9))
-        return await self._wait(loop, self._queue(loop), _Waiter(n), deadline)
+        return await self._wait(loop, self._line(loop), _Waiter(n), deadline)
 
-    async def _wait(
-        self, loop: object, queue: deque[_Waiter], waiter: _Waiter, deadline: int | None
-    ) -> bool:
-        queue.append(waiter)
+    async def _wait(self, loop: object, line: _Line, waiter: _Waiter, deadline: int | None) -> bool:
         reservation: Reservation | None = None
         try:
-            if queue[0] is not waiter:
+            if line.busy or line.pending:
+                line.pending.append(waiter)
                 if deadline is None:
                     await waiter.event.wait()
                 else:
                     with anyio.move_on_after(max(0, deadline - _monotonic_ns()) / 1e9):
                         await waiter.event.wait()
-                    if not waiter.event.is_set():
+                    if not waiter.turn:
                         return False
-            # First in line: use a slot handed over, or reserve one.
-            reservation, waiter.inherited = waiter.inherited, None
+            else:
+                line.busy = waiter.turn = True
+            # Our turn: use a slot a cancelled waiter gave up, or reserve one.
+            reservation = line.take_spare(waiter.n)
             if reservation is None:
                 max_wait = None if deadline is None else max(0, deadline - _monotonic_ns())
                 reservation = await self._reserve(waiter.n, max_wait)
                 if reservation is None:
                     return False
             slot = reservation[0]
+            if slot - _monotonic_ns() <= LOOKAHEAD_NS:
+                waiter.turn = False
+                line.pass_turn()  # the next waiter reserves now, behind us
             while (delay := slot - _monotonic_ns()) > 0:
                 await anyio.sleep(delay / 1e9)
             reservation = None  # admitted
             return True
         finally:
-            if reservation is not None or waiter.inherited is not None:
+            waiter.cancelled = True
+            if reservation is not None:
                 with anyio.CancelScope(shield=True):
-                    if reservation is None:
-                        reservation, waiter.inherited = waiter.inherited, None
-                    if reservation is not None and await self._give_back(reservation):
-                        reservation = None  # the shared state is as if it never reserved
-            self._leave(loop, queue, waiter, reservation)
+                    if not await self._give_back(reservation):
+                        line.spare.append((waiter.n, reservation))  # for the next waiter
+                    else:  # now the one reserved before ours may be the latest: undo it too
+                        line.spare.sort(key=lambda spare: spare[1][0])
+                        while line.spare and await self._give_back(line.spare[-1][1]):
+                            line.spare.pop()
+            if waiter.turn:
+                waiter.turn = False
+                line.pass_turn()
+            if not line.busy and not line.pending and self._queues.get(loop) is line:
+                del self._queues[loop]  # spare slots nobody waits for are lost (one each)
 
     # -- what a backend provides ----------------------------------------------------------
     def _admit_now(self, n: int) -> bool:
@@ -183,23 +226,6 @@ class AsyncRateLimiter:
     async def _give_back(self, reservation: Reservation) -> bool:
         """Undo an unused reservation if it is still the latest one."""
         return self._limiter._give_back(reservation)
-
-    def _leave(
-        self, loop: object, queue: deque[_Waiter], waiter: _Waiter, unused: Reservation | None
-    ) -> None:
-        """Take ``waiter`` out of line and pass the turn on, with a slot it could not give back."""
-        waiter.cancelled = True
-        if queue and queue[0] is waiter:
-            queue.popleft()
-            while queue and queue[0].cancelled:
-                queue.popleft()
-            if queue:
-                head = queue[0]
-                if unused is not None and head.n <= waiter.n:
-                    head.inherited = unused  # its place in the shared order, not wasted
-                head.event.set()
-            elif self._queues.get(loop) is queue:
-                del self._queues[loop]
 
     async def __aenter__(self) -> Self:
         await self.acquire()

@@ -121,15 +121,19 @@ class RateLimiter:
         if name is None:
             store = shared.create_anonymous(burst, intervals)
         else:
-            store, header = shared.open_or_create_named(name, burst, intervals)
+
+            def refuse_semaphore_names() -> None:
+                if _semaphore_exists(name):
+                    raise ValueError(
+                        f"{name!r} is the name of a ProcessSemaphore; give the rate limiter a "
+                        f"name of its own (or unlink the semaphore: `procthrottle unlink {name}`)"
+                    )
+
+            store, header = shared.open_or_create_named(
+                name, burst, intervals, refuse_semaphore_names
+            )
             if header is not None and (header.burst, header.intervals) != (burst, intervals):
                 raise ValueError(self._mismatch(name, header))
-            if header is None and _semaphore_exists(name):
-                store.remove()
-                raise ValueError(
-                    f"{name!r} is the name of a ProcessSemaphore; give the rate limiter a name "
-                    f"of its own (or unlink the semaphore: `procthrottle unlink {name}`)"
-                )
         self._setup(store)
 
     def _configure(

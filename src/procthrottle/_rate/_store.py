@@ -24,7 +24,7 @@ import secrets
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 import sysv_ipc
@@ -154,34 +154,34 @@ def lookup(key: int) -> int | None:
 
 
 class _Ops(threading.local):
-    """One thread's semop buffer for compare-and-swap updates (``struct sembuf`` array)."""
+    """One thread's buffers: the ``struct sembuf`` array of an update, the values read."""
 
-    def __init__(self, template: list[int]) -> None:
+    def __init__(self, template: list[int], size: int) -> None:
         self.ops = array.array("h", template)
         self.address = ctypes.c_void_p(self.ops.buffer_info()[0])
+        self.values = (ctypes.c_ushort * size)()
 
 
 class RateSet:
     """One process's handle on a rate set: read, compare-and-swap, attach, detach."""
 
-    __slots__ = ("_buffer", "_local", "count", "count_ops", "key", "semid", "tat_base")
+    __slots__ = ("_local", "count", "count_ops", "key", "semid", "tat_base")
 
     def __init__(self, key: int, semid: int, count: int) -> None:
         self.key, self.semid, self.count = key, semid, count
         self.tat_base = HEADER + WORDS * count
         size = nsems(count)
-        self._buffer = (ctypes.c_ushort * size)()
         # Per TAT word: (word, -old), (word, 0), (word, +new); old and new filled per update.
         template: list[int] = []
         for word in range(self.tat_base, size):
             for _ in range(3):
                 template += [word, 0, _libc.IPC_NOWAIT]
         self.count_ops = ctypes.c_size_t(len(template) // 3)
-        self._local = _Ops(template)
+        self._local = _Ops(template, size)
 
     def read(self) -> list[int]:
         """The TATs now (one atomic GETALL)."""
-        buffer = self._buffer
+        buffer = self._local.values
         if _getall(self.semid, 0, GETALL, ctypes.addressof(buffer)) < 0:
             self._fail()
         base = self.tat_base
@@ -317,14 +317,18 @@ def find_named(name: str) -> tuple[int, int, Header] | None:
 
 
 def open_or_create_named(
-    name: str, burst: int, intervals: Sequence[int]
+    name: str, burst: int, intervals: Sequence[int], before_create: Callable[[], None]
 ) -> tuple[RateSet, Header | None]:
-    """The named set, created if need be; also the header of an existing one (None if new)."""
+    """The named set, created if need be; also the header of an existing one (None if new).
+
+    ``before_create`` runs before a new set is made (it may refuse by raising).
+    """
     for _ in range(3):  # a concurrent creator may win the key we chose
         found = find_named(name)
         if found is not None:
             key, semid, header = found
             return RateSet(key, semid, len(header.intervals)), header
+        before_create()
         for probe in range(PROBES):
             key = name_key(name, probe)
             try:
