@@ -402,3 +402,33 @@ async def test_async_refuses_bad_input() -> None:
         await alimiter.acquire(timeout="x")  # type: ignore[arg-type]
     assert await alimiter.acquire(block=False) if False else True
     alimiter.limiter.close()
+
+
+def test_imports_without_system_v_and_says_what_to_use() -> None:
+    """What Windows looks like to the package: no os.register_at_fork, no sysv_ipc."""
+    import subprocess
+    import textwrap
+
+    from helpers import PYTHON, python_env
+
+    script = textwrap.dedent(
+        """
+        import asyncio, concurrent.futures.process, multiprocessing, os, sys  # before the patch
+        import anyio
+        del os.register_at_fork
+        sys.modules["sysv_ipc"] = None
+        sys.platform = "win32"
+        import procthrottle
+        from procthrottle._rate import parse_rate
+        assert parse_rate("5/min") == (5.0, 60.0)
+        try:
+            procthrottle.RateLimiter("10/s")
+        except NotImplementedError as exc:
+            print("refused:", exc)
+        """
+    )
+    out = subprocess.run(
+        [PYTHON, "-c", script], env=python_env(), capture_output=True, text=True, timeout=30
+    )
+    assert out.stdout.startswith("refused: RateLimiter needs System V"), out.stderr
+    assert "RedisRateLimiter" in out.stdout

@@ -13,7 +13,16 @@ from typing import Any
 from .._exceptions import SemaphoreClosedError
 from .._kernel._validate import check_name, check_timeout
 from .._typing import Self
-from . import _store as shared
+
+try:
+    from . import _store as shared
+
+    _UNAVAILABLE: str | None = None
+except (ImportError, OSError, TypeError, AttributeError) as exc:  # pragma: no cover - Windows
+    _UNAVAILABLE = (
+        "RateLimiter needs System V semaphores (Linux, macOS), which this platform lacks "
+        f"({type(exc).__name__}: {exc}); use procthrottle.redis.RedisRateLimiter instead"
+    )
 from ._gcra import reserve
 from ._parse import check_burst, check_extra, check_n, describe, intervals_ns, rate_pair
 
@@ -114,6 +123,8 @@ class RateLimiter:
         pairs = [rate_pair(rate, per), *check_extra(extra)]
         burst = check_burst(burst)
         name = check_name(name)
+        if _UNAVAILABLE is not None:  # pragma: no cover - Windows
+            raise NotImplementedError(_UNAVAILABLE)
         if len(pairs) > shared.MAX_RATES:
             raise ValueError(f"at most {shared.MAX_RATES} rates per limiter, got {len(pairs)}")
         intervals = intervals_ns(pairs, burst)
