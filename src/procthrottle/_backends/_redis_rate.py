@@ -392,15 +392,19 @@ class AsyncRedisRateLimiter(AsyncRateLimiter):
         limiter = self._redis
         if limiter._closed:
             limiter._raise_closed()
-        if sniffio.current_async_library() != "asyncio":
-            return await anyio.to_thread.run_sync(
-                limiter._reserve, n, max_wait, limiter=self._thread()
-            )
-        wait_us = -1 if max_wait is None else max_wait // 1000
-        try:
-            reply = await self._scripts()[0](keys=[limiter._key], args=limiter._args(n, wait_us))
-        except redis.RedisError as exc:
-            limiter._unavailable(exc)
+        # Shielded: a reservation made on the server always reaches the waiter, which gives
+        # it back if it was cancelled meanwhile (at its next checkpoint).
+        with anyio.CancelScope(shield=True):
+            if sniffio.current_async_library() != "asyncio":
+                return await anyio.to_thread.run_sync(
+                    limiter._reserve, n, max_wait, limiter=self._thread()
+                )
+            wait_us = -1 if max_wait is None else max_wait // 1000
+            try:
+                script = self._scripts()[0]
+                reply = await script(keys=[limiter._key], args=limiter._args(n, wait_us))
+            except redis.RedisError as exc:
+                limiter._unavailable(exc)
         return limiter._answer(reply)
 
     async def _give_back(self, reservation: Reservation) -> bool:
