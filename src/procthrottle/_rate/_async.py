@@ -159,7 +159,7 @@ class AsyncRateLimiter:
             raise RuntimeError("AsyncRateLimiter.acquire needs a running asyncio or trio loop")
         line = self._queues.get(loop)
         if line is None and (
-            limiter._reserve(n, 0) is not None if self._local else self._admit_now(n)
+            limiter._take_now(n) if self._local else self._admit_now(n)
         ):  # allowed now, nobody before us
             if trio:
                 await anyio.lowlevel.cancel_shielded_checkpoint()

@@ -105,6 +105,7 @@ class RateLimiter:
         "_intervals",
         "_name",
         "_pairs",
+        "_single",
         "_store",
     )
 
@@ -155,6 +156,7 @@ class RateLimiter:
         name: str | None,
     ) -> None:
         self._pairs, self._burst, self._intervals, self._name = pairs, burst, intervals, name
+        self._single = intervals[0] if len(intervals) == 1 else 0
         self._cache: list[int] | None = None
         self._closed: str | None = None
         self._attached = False
@@ -251,6 +253,38 @@ class RateLimiter:
                 return slot, tats, new
             tats = None
 
+    def _take_now(self, n: int) -> bool:
+        """Admit ``n`` now if this process's last view says so: one system call, no sleep.
+
+        False means "not now, or not sure": the caller goes the full way (`_reserve`).
+        """
+        tats = self._cache
+        interval = self._single
+        if tats is None or not interval or not self._attached:
+            return self._closed is None and self._reserve(n, 0) is not None
+        tat = tats[0]
+        now = _monotonic_ns()
+        base = tat if tat > now else now
+        if base + (n - self._burst) * interval > now:
+            return False
+        after = base + n * interval  # the slot is now
+        store = self._store
+        local = store._local
+        ops = local.ops
+        ops[1] = -(tat & 0x7FFF)
+        ops[7] = after & 0x7FFF
+        ops[10] = -((tat >> 15) & 0x7FFF)
+        ops[16] = (after >> 15) & 0x7FFF
+        ops[19] = -((tat >> 30) & 0x7FFF)
+        ops[25] = (after >> 30) & 0x7FFF
+        ops[28] = -(tat >> 45)
+        ops[34] = after >> 45
+        if shared.semop(store.semid, local.address, store.count_ops) == 0:
+            self._cache = [after]
+            return True
+        store.check_errno()
+        return False
+
     def _give_back(self, reservation: Reservation) -> bool:
         """Undo a reservation if none was made after it; True if it was undone."""
         if self._closed is not None:
@@ -296,6 +330,8 @@ class RateLimiter:
             max_wait = None if seconds == float("inf") else max(0, int(seconds * 1e9))
         if self._closed is not None:
             raise SemaphoreClosedError(self._closed)
+        if self._take_now(n):
+            return True
         reservation = self._reserve(n, max_wait)
         if reservation is None:
             return False
