@@ -432,3 +432,26 @@ def test_imports_without_system_v_and_says_what_to_use() -> None:
     )
     assert out.stdout.startswith("refused: RateLimiter needs System V"), out.stderr
     assert "RedisRateLimiter" in out.stdout
+
+
+def test_compare_and_swap_is_exact_on_every_word() -> None:
+    """The state is four 15-bit words: a swap must check and write each of them."""
+    limiter = RateLimiter(10)
+    store = limiter._store
+    (current,) = store.read()
+    for value in [2**15 - 1, 2**15, 2**30 - 1, 2**30, 2**45 + 5, 2**59 + 2**44 + 7, 3, 0]:
+        assert store.cas1(current, value)
+        assert store.read() == [value]
+        current = value
+    for wrong in (current + 1, current ^ (1 << 20), current ^ (1 << 35), current ^ (1 << 50)):
+        assert not store.cas1(wrong, 12345)  # any word differs: nothing is written
+        assert store.read() == [current]
+    assert store.swap([current], [2**40])  # the general path, then the fast one again
+    assert store.cas1(2**40, 2**40 + 1)
+    assert store.read() == [2**40 + 1]
+    with pytest.raises(OverflowError):
+        store.cas1(2**40 + 1, 2**60)
+    assert store.read() == [2**40 + 1]
+    assert store.cas1(2**40 + 1, 2**40 + 2**16)  # the refused update left no stale words
+    assert store.read() == [2**40 + 2**16]
+    limiter.close()

@@ -149,21 +149,23 @@ class AsyncRateLimiter:
             n = limiter._check_n(n)
         seconds = None if timeout is None else check_timeout(timeout)
         loop: object = _get_running_loop()  # asyncio's, in C; None on trio
-        trio = loop is None and sniffio.current_async_library() == "trio"
-        if trio:
-            import trio as trio_module
+        if loop is not None:  # asyncio: no checkpoint is owed
+            if loop not in self._queues and (
+                limiter._take_now(n) if self._local else self._admit_now(n)
+            ):  # allowed now, nobody before us
+                return True
+        elif sniffio.current_async_library() == "trio":
+            import trio
 
             await anyio.lowlevel.checkpoint_if_cancelled()
-            loop = trio_module.lowlevel.current_trio_token()
-        elif loop is None:
-            raise RuntimeError("AsyncRateLimiter.acquire needs a running asyncio or trio loop")
-        line = self._queues.get(loop)
-        if line is None and (
-            limiter._take_now(n) if self._local else self._admit_now(n)
-        ):  # allowed now, nobody before us
-            if trio:
+            loop = trio.lowlevel.current_trio_token()
+            if loop not in self._queues and (
+                limiter._take_now(n) if self._local else self._admit_now(n)
+            ):
                 await anyio.lowlevel.cancel_shielded_checkpoint()
-            return True
+                return True
+        else:
+            raise RuntimeError("AsyncRateLimiter.acquire needs a running asyncio or trio loop")
         if seconds is not None and seconds == float("inf"):
             seconds = None
         deadline = None if seconds is None else _monotonic_ns() + max(0, int(seconds * 1e9))

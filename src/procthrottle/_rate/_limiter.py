@@ -202,10 +202,8 @@ class RateLimiter:
         fresh = tats is None
         burst = self._burst
         intervals = self._intervals
-        if len(intervals) == 1:  # the GCRA of _gcra.reserve for one rate, and swap1, inlined
+        if len(intervals) == 1:  # the GCRA of _gcra.reserve for one rate, inlined
             interval = intervals[0]
-            local = store._local
-            ops = local.ops
             while True:
                 if tats is None:
                     tats = store.read()
@@ -221,21 +219,10 @@ class RateLimiter:
                         continue
                     return None
                 after = (tat if tat > slot else slot) + n * interval
-                if after >= shared.MAX_TIME:
-                    raise OverflowError("the rate limiter's queue reaches too far ahead")
-                ops[1] = -(tat & 0x7FFF)
-                ops[7] = after & 0x7FFF
-                ops[10] = -((tat >> 15) & 0x7FFF)
-                ops[16] = (after >> 15) & 0x7FFF
-                ops[19] = -((tat >> 30) & 0x7FFF)
-                ops[25] = (after >> 30) & 0x7FFF
-                ops[28] = -(tat >> 45)
-                ops[34] = after >> 45
-                if shared.semop(store.semid, local.address, store.count_ops) == 0:
+                if store.cas1(tat, after):
                     new = [after]
                     self._cache = new
                     return slot, tats, new
-                store.check_errno()
                 tats = None
         while True:
             if tats is None:
@@ -268,21 +255,9 @@ class RateLimiter:
         if base + (n - self._burst) * interval > now:
             return False
         after = base + n * interval  # the slot is now
-        store = self._store
-        local = store._local
-        ops = local.ops
-        ops[1] = -(tat & 0x7FFF)
-        ops[7] = after & 0x7FFF
-        ops[10] = -((tat >> 15) & 0x7FFF)
-        ops[16] = (after >> 15) & 0x7FFF
-        ops[19] = -((tat >> 30) & 0x7FFF)
-        ops[25] = (after >> 30) & 0x7FFF
-        ops[28] = -(tat >> 45)
-        ops[34] = after >> 45
-        if shared.semop(store.semid, local.address, store.count_ops) == 0:
+        if self._store.cas1(tat, after):
             self._cache = [after]
             return True
-        store.check_errno()
         return False
 
     def _give_back(self, reservation: Reservation) -> bool:
