@@ -400,8 +400,27 @@ async def test_async_refuses_bad_input() -> None:
     alimiter = AsyncRateLimiter(10)
     with pytest.raises(TypeError, match="timeout"):
         await alimiter.acquire(timeout="x")  # type: ignore[arg-type]
-    assert await alimiter.acquire(block=False) if False else True
+    with pytest.raises(ValueError, match="more than burst"):
+        await alimiter.acquire(2)
+    assert await alimiter.acquire(timeout=0)  # still the whole burst: nothing was taken
     alimiter.limiter.close()
+
+
+def test_trio_acquire_is_a_checkpoint_and_takes_nothing_when_cancelled() -> None:
+    import trio
+
+    limiter = RateLimiter(10, burst=1)
+    alimiter = AsyncRateLimiter(limiter)
+
+    async def main() -> None:
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            await alimiter.acquire()  # uncontended, yet a checkpoint: cancelled first
+            raise AssertionError("not cancelled")
+        assert await alimiter.acquire(timeout=0)  # the burst was not spent
+
+    trio.run(main)
+    limiter.close()
 
 
 def test_imports_without_system_v_and_says_what_to_use() -> None:
