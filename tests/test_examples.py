@@ -26,6 +26,7 @@ RUNS = {
         r"at most [12] tasks ran at once \(limit 2\)",
     ),
     "wrap_executor.py": ([], r"most writers at once: [12] \(limit 2\)"),
+    "rate_limited_api.py": (["--requests", "30"], r"30 of 30 requests answered"),
 }
 
 

@@ -38,9 +38,11 @@ def named(crash_safe: bool) -> Iterator[ProcessSemaphore]:
 def test_public_names() -> None:
     assert sorted(procthrottle.__all__) == sorted(
         [
+            "AsyncRateLimiter",
             "AsyncSemaphore",
             "ProcThrottleError",
             "ProcessSemaphore",
+            "RateLimiter",
             "SemaphoreClosedError",
             "ThrottledExecutor",
             "ThrottledProcessPool",

@@ -11,11 +11,15 @@ from ._kernel._semaphore import ProcessSemaphore as ProcessSemaphore
 from ._pool._executor import ThrottledExecutor as ThrottledExecutor
 from ._pool._pool import ThrottledProcessPool as ThrottledProcessPool
 from ._pool._worker import critical_section as critical_section
+from ._rate._async import AsyncRateLimiter as AsyncRateLimiter
+from ._rate._limiter import RateLimiter as RateLimiter
 
 __all__ = [
+    "AsyncRateLimiter",
     "AsyncSemaphore",
     "ProcThrottleError",
     "ProcessSemaphore",
+    "RateLimiter",
     "SemaphoreClosedError",
     "ThrottledExecutor",
     "ThrottledProcessPool",

@@ -1,4 +1,4 @@
-"""Limits that span machines: semaphores whose permits are leases in Redis.
+"""Limits that span machines: semaphores whose permits are leases in Redis, and rate limits.
 
 Needs the `redis` extra (`pip install 'procthrottle[redis]'`) and a Redis server.
 """
@@ -9,6 +9,8 @@ try:
     from ._backends._redis import AsyncRedisSemaphore as AsyncRedisSemaphore
     from ._backends._redis import RedisSemaphore as RedisSemaphore
     from ._backends._redis import RedisUnavailableError as RedisUnavailableError
+    from ._backends._redis_rate import AsyncRedisRateLimiter as AsyncRedisRateLimiter
+    from ._backends._redis_rate import RedisRateLimiter as RedisRateLimiter
 except ModuleNotFoundError as exc:  # the extra is missing: say how to get it
     if exc.name is None or exc.name.partition(".")[0] != "redis":
         raise
@@ -17,4 +19,10 @@ except ModuleNotFoundError as exc:  # the extra is missing: say how to get it
         "pip install 'procthrottle[redis]'"
     ) from exc
 
-__all__ = ["AsyncRedisSemaphore", "RedisSemaphore", "RedisUnavailableError"]
+__all__ = [
+    "AsyncRedisRateLimiter",
+    "AsyncRedisSemaphore",
+    "RedisRateLimiter",
+    "RedisSemaphore",
+    "RedisUnavailableError",
+]

@@ -1,0 +1,428 @@
+"""``RedisRateLimiter``: the GCRA of ``RateLimiter`` in Redis, so one rate can span machines.
+
+Each acquisition is one Lua script, run atomically on the server against the server's clock
+(``TIME``): it reads the theoretical arrival times, reserves the next slot and answers how
+long to wait for it, in microseconds. Clients only measure that wait on their own monotonic
+clock; no client clock is compared with another. Only integers and one configuration string
+are stored: nothing is ever unpickled from Redis.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from types import TracebackType
+from typing import Any, NoReturn
+
+import anyio
+import redis
+import redis.asyncio
+import sniffio
+
+from .._exceptions import SemaphoreClosedError
+from .._kernel._validate import check_name, check_timeout
+from .._rate._async import AsyncRateLimiter
+from .._rate._limiter import Reservation
+from .._rate._parse import check_burst, check_extra, check_n, describe, rate_pair
+from .._typing import Self
+from ._redis import _CLIENT_PARAMETERS, RedisUnavailableError, _describe, redact
+
+# KEYS: the hash. ARGV: config, burst, n, max_wait_us (-1: any), intervals_us...
+# Returns {1, wait_us, old..., new...} when reserved, {0, wait_us} when refused,
+# {-1, config} when the name exists with another configuration.
+_RESERVE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local cfg = redis.call('HGET', KEYS[1], 'cfg')
+if not cfg then
+    redis.call('HSET', KEYS[1], 'cfg', ARGV[1])
+elseif cfg ~= ARGV[1] then
+    return {-1, cfg}
+end
+local burst, n, maxwait = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local k = #ARGV - 4
+local old, slot = {}, now
+for i = 1, k do
+    local tat = tonumber(redis.call('HGET', KEYS[1], 't' .. i) or '0')
+    old[i] = tat
+    local start = math.max(tat, now) + (n - burst) * tonumber(ARGV[4 + i])
+    if start > slot then slot = start end
+end
+if maxwait >= 0 and slot - now > maxwait then
+    return {0, string.format('%d', slot - now)}
+end
+local reply = {1, string.format('%d', slot - now)}
+for i = 1, k do
+    local new = math.max(old[i], slot) + n * tonumber(ARGV[4 + i])
+    reply[2 + i] = string.format('%d', old[i])
+    reply[2 + k + i] = string.format('%d', new)
+    redis.call('HSET', KEYS[1], 't' .. i, reply[2 + k + i])
+end
+return reply
+"""
+# KEYS: the hash. ARGV: k, old..., new...: put the old TATs back if the new ones are current.
+_GIVE_BACK = """
+local k = tonumber(ARGV[1])
+for i = 1, k do
+    if redis.call('HGET', KEYS[1], 't' .. i) ~= ARGV[1 + k + i] then return 0 end
+end
+for i = 1, k do redis.call('HSET', KEYS[1], 't' .. i, ARGV[1 + i]) end
+return 1
+"""
+
+
+def _intervals_us(pairs: Sequence[tuple[float, float]], burst: int) -> list[int]:
+    # Rounded up: the limit never admits more than asked.
+    result = sorted({max(1, math.ceil(per / rate * 1e6)) for rate, per in pairs})
+    if result[-1] * burst > 2**50:
+        raise ValueError("the rate spans too long a time; use a shorter period")
+    return result
+
+
+class RedisRateLimiter:
+    """A `RateLimiter` whose state lives in Redis: one rate for every process on any machine.
+
+    Same interface as `RateLimiter`. Each acquisition runs one Lua script on the server's
+    clock, which reserves the next slot; the caller then sleeps until it. Pickles as its
+    connection settings and name, so it can be passed to other processes and Dask workers.
+
+    Args:
+        client_or_url: A `redis.Redis` client or a `redis://` URL.
+        name: The limiter's name in Redis (1 to 200 characters of `[A-Za-z0-9._-]`).
+        rate: Acquisitions per `per` seconds, or a string such as `"10/s"`.
+        per: The period of `rate` in seconds.
+        burst: How many acquisitions may be admitted at once (>= 1).
+        extra: More `(rate, per)` pairs (or rate strings) enforced together with the first.
+
+    Raises:
+        TypeError: An argument of the wrong type.
+        ValueError: A bad rate, burst or name, or a name that exists with other rates.
+        RedisUnavailableError: Redis cannot be reached (nothing is changed).
+    """
+
+    def __init__(
+        self,
+        client_or_url: redis.Redis | str,
+        name: str,
+        rate: float | str,
+        per: float = 1.0,
+        *,
+        burst: int = 1,
+        extra: Sequence[tuple[float, float] | str] = (),
+    ) -> None:
+        checked = check_name(name)
+        if checked is None:
+            raise TypeError("name must be a str, not None")
+        self._name = checked
+        self._pairs = [rate_pair(rate, per), *check_extra(extra)]
+        self._burst = check_burst(burst)
+        self._intervals = _intervals_us(self._pairs, self._burst)
+        self._config = f"v1:{self._burst}:" + ",".join(map(str, self._intervals))
+        if isinstance(client_or_url, str):
+            self._url: str | None = client_or_url
+            self._where = redact(client_or_url)
+            self._client = redis.Redis.from_url(client_or_url)
+            self._owns_client = True
+        elif isinstance(client_or_url, redis.Redis):
+            self._url, self._client, self._owns_client = None, client_or_url, False
+            self._where = _describe(client_or_url)
+        else:
+            raise TypeError(
+                "client_or_url must be a redis.Redis client or a redis:// URL, "
+                f"not {type(client_or_url).__name__}"
+            )
+        self._key = "procthrottle:{" + self._name + "}:rate"
+        self._reserve_script = self._client.register_script(_RESERVE)
+        self._give_back_script = self._client.register_script(_GIVE_BACK)
+        self._closed = False
+        try:
+            stored = self._client.hget(self._key, "cfg")
+        except redis.RedisError as exc:
+            self._unavailable(exc)
+        config = stored.decode() if isinstance(stored, bytes) else stored
+        if config is not None and config != self._config:
+            raise ValueError(self._mismatch(str(config)))
+
+    # -- the scripts -------------------------------------------------------------------------
+    def _args(self, n: int, max_wait_us: int) -> list[Any]:
+        return [self._config, self._burst, n, max_wait_us, *self._intervals]
+
+    def _answer(self, reply: list[Any]) -> Reservation | None:
+        """A script's reply as a reservation in this host's monotonic nanoseconds."""
+        received = time.monotonic_ns()
+        status = int(reply[0])
+        if status < 0:
+            config = reply[1].decode() if isinstance(reply[1], bytes) else str(reply[1])
+            raise ValueError(self._mismatch(config))
+        if status == 0:
+            return None
+        k = len(self._intervals)
+        values = [int(v) for v in reply[2:]]
+        return received + int(reply[1]) * 1000, values[:k], values[k:]
+
+    def _mismatch(self, config: str) -> str:
+        try:
+            _, burst, intervals = config.split(":")
+            theirs = describe([(1e6 / int(t), 1.0) for t in intervals.split(",")])
+            theirs += f" (burst={burst})"
+        except ValueError:
+            theirs = "another configuration"
+        return (
+            f"rate limiter {self._name!r} already exists in Redis with {theirs}, not "
+            f"{describe(self._pairs)} (burst={self._burst}); open it with the same rates and "
+            "burst, or unlink it first"
+        )
+
+    def _reserve(self, n: int, max_wait: int | None) -> Reservation | None:
+        if self._closed:
+            self._raise_closed()
+        wait_us = -1 if max_wait is None else max_wait // 1000
+        try:
+            reply = self._reserve_script(keys=[self._key], args=self._args(n, wait_us))
+        except redis.RedisError as exc:
+            self._unavailable(exc)
+        return self._answer(reply)
+
+    def _give_back(self, reservation: Reservation) -> bool:
+        if self._closed:
+            return False
+        _, old, new = reservation
+        try:
+            return bool(self._give_back_script(keys=[self._key], args=[len(old), *old, *new]))
+        except redis.RedisError:
+            return False
+
+    def _check_n(self, n: object) -> int:
+        return check_n(n, self._burst)
+
+    # -- the interface of RateLimiter --------------------------------------------------------
+    def acquire(self, n: int = 1, *, block: bool = True, timeout: float | None = None) -> bool:
+        """Take `n` units of the rate, sleeping until they are allowed.
+
+        Args:
+            n: The weight of this acquisition, 1 to `burst`.
+            block: With False, return False at once unless the units are allowed now.
+            timeout: The longest wait in seconds (None: no limit).
+
+        Returns:
+            True once admitted; False, reserving nothing, when the wait would be too long.
+
+        Raises:
+            RedisUnavailableError: Redis cannot be reached.
+            SemaphoreClosedError: The limiter was closed.
+        """
+        n = self._check_n(n)
+        if not block:
+            max_wait: int | None = 0
+        else:
+            seconds = check_timeout(timeout)
+            forever = seconds is None or seconds == math.inf
+            max_wait = None if forever else max(0, int(seconds * 1e9))  # type: ignore[operator]
+        reservation = self._reserve(n, max_wait)
+        if reservation is None:
+            return False
+        try:
+            while (delay := reservation[0] - time.monotonic_ns()) > 0:
+                time.sleep(delay / 1e9)
+        except BaseException:
+            self._give_back(reservation)
+            raise
+        return True
+
+    def __enter__(self) -> Self:
+        self.acquire()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        pass
+
+    @property
+    def rate(self) -> float:
+        """How many acquisitions per `per` seconds (the first rate)."""
+        return self._pairs[0][0]
+
+    @property
+    def per(self) -> float:
+        """The period of `rate`, in seconds."""
+        return self._pairs[0][1]
+
+    @property
+    def burst(self) -> int:
+        """How many acquisitions may be admitted at once."""
+        return self._burst
+
+    @property
+    def name(self) -> str:
+        """The limiter's name in Redis."""
+        return self._name
+
+    def close(self) -> None:
+        """Disconnect (a client passed in is left open); the limiter stays in Redis."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._owns_client:
+            self._client.close()
+
+    def unlink(self) -> None:
+        """Remove the limiter from Redis, then close."""
+        if not self._closed:
+            try:
+                self._client.delete(self._key)
+            except redis.RedisError as exc:
+                self._unavailable(exc)
+        self.close()
+
+    def __repr__(self) -> str:
+        return (
+            f"RedisRateLimiter(name={self._name!r}, rate={self.rate:g}, per={self.per:g}, "
+            f"burst={self._burst}, redis={self._where!r})"
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        if self._closed:
+            raise SemaphoreClosedError("cannot pickle a closed rate limiter")
+        if self._url is not None:
+            where: Any = self._url
+        else:
+            kwargs = self._client.connection_pool.connection_kwargs
+            where = {
+                k: v for k, v in kwargs.items()
+                if k in _CLIENT_PARAMETERS and isinstance(v, str | int | float | bool)
+            }  # fmt: skip
+        return (_rebuild, (where, self._name, self._pairs, self._burst))
+
+    def _unavailable(self, exc: BaseException) -> NoReturn:
+        if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
+            raise RedisUnavailableError(
+                f"cannot reach Redis at {self._where} ({type(exc).__name__}: {exc}); is "
+                "redis-server running there, and is the URL right? Nothing was changed"
+            ) from None
+        raise exc
+
+    def _raise_closed(self) -> NoReturn:
+        raise SemaphoreClosedError(f"the Redis rate limiter {self._name!r} was closed")
+
+
+def _rebuild(
+    where: str | dict[str, Any], name: str, pairs: list[tuple[float, float]], burst: int
+) -> RedisRateLimiter:
+    client_or_url = where if isinstance(where, str) else redis.Redis(**where)
+    return RedisRateLimiter(client_or_url, name, *pairs[0], burst=burst, extra=pairs[1:])
+
+
+class AsyncRedisRateLimiter(AsyncRateLimiter):
+    """``await`` a `RedisRateLimiter` on asyncio (through `redis.asyncio`) or trio.
+
+    On asyncio each acquisition is one script call on `redis.asyncio`, awaited on the loop
+    (non-blocking I/O, no thread); on trio, where `redis.asyncio` does not run, the call goes
+    to one private worker thread. Waiters of one process are served in order and a cancelled
+    waiter gives its reservation back when it can, as with `AsyncRateLimiter`.
+
+    Args:
+        client_or_url: A `redis.Redis` client or a `redis://` URL (an asyncio client is made
+            from its settings).
+        name: The limiter's name in Redis.
+        rate: Acquisitions per `per` seconds, or a string such as `"10/s"`.
+        per: The period of `rate` in seconds.
+        burst: How many acquisitions may be admitted at once (>= 1).
+        extra: More `(rate, per)` pairs enforced together with the first.
+    """
+
+    __slots__ = ("_aclients", "_thread_limiter")
+
+    _local = False
+
+    def __init__(
+        self,
+        client_or_url: redis.Redis | str,
+        name: str,
+        rate: float | str,
+        per: float = 1.0,
+        *,
+        burst: int = 1,
+        extra: Sequence[tuple[float, float] | str] = (),
+    ) -> None:
+        sync = RedisRateLimiter(client_or_url, name, rate, per, burst=burst, extra=extra)
+        self._adopt(sync)  # type: ignore[arg-type]
+        self._aclients: dict[object, tuple[Any, Any, Any]] = {}  # a redis.asyncio client per loop
+        self._thread_limiter: anyio.CapacityLimiter | None = None
+
+    @property
+    def limiter(self) -> RedisRateLimiter:  # type: ignore[override]
+        """The wrapped `RedisRateLimiter`."""
+        return self._redis
+
+    @property
+    def _redis(self) -> RedisRateLimiter:
+        return self._limiter  # type: ignore[return-value]
+
+    def _admit_now(self, n: int) -> bool:
+        return False  # every call goes through the queue: one round trip either way
+
+    def _scripts(self) -> tuple[Any, Any]:
+        """This event loop's redis.asyncio scripts (reserve, give back)."""
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        scripts = self._aclients.get(loop)
+        if scripts is None:
+            sync = self._redis._client
+            kwargs: dict[str, Any] = {
+                k: v for k, v in sync.connection_pool.connection_kwargs.items()
+                if k in _CLIENT_PARAMETERS and isinstance(v, str | int | float | bool)
+            }  # fmt: skip
+            client = redis.asyncio.Redis(**kwargs)
+            scripts = (client, client.register_script(_RESERVE), client.register_script(_GIVE_BACK))
+            self._aclients[loop] = scripts
+        return scripts[1], scripts[2]
+
+    def _thread(self) -> anyio.CapacityLimiter:
+        if self._thread_limiter is None:
+            self._thread_limiter = anyio.CapacityLimiter(1)
+        return self._thread_limiter
+
+    async def _reserve(self, n: int, max_wait: int | None) -> Reservation | None:
+        limiter = self._redis
+        if limiter._closed:
+            limiter._raise_closed()
+        # Shielded: a reservation made on the server always reaches the waiter, which gives
+        # it back if it was cancelled meanwhile (at its next checkpoint).
+        with anyio.CancelScope(shield=True):
+            if sniffio.current_async_library() != "asyncio":
+                return await anyio.to_thread.run_sync(
+                    limiter._reserve, n, max_wait, limiter=self._thread()
+                )
+            wait_us = -1 if max_wait is None else max_wait // 1000
+            try:
+                script = self._scripts()[0]
+                reply = await script(keys=[limiter._key], args=limiter._args(n, wait_us))
+            except redis.RedisError as exc:
+                limiter._unavailable(exc)
+        return limiter._answer(reply)
+
+    async def _give_back(self, reservation: Reservation) -> bool:
+        limiter = self._redis
+        if sniffio.current_async_library() != "asyncio":
+            return await anyio.to_thread.run_sync(
+                limiter._give_back, reservation, limiter=self._thread()
+            )
+        _, old, new = reservation
+        try:
+            result = await self._scripts()[1](keys=[limiter._key], args=[len(old), *old, *new])
+        except redis.RedisError:
+            return False
+        return bool(result)
+
+    async def aclose(self) -> None:
+        """Close this adapter's asyncio clients and the wrapped limiter."""
+        clients, self._aclients = self._aclients, {}
+        for client, _, _ in clients.values():
+            await client.aclose()
+        self._redis.close()

@@ -1,0 +1,407 @@
+"""``RateLimiter``: at most ``rate`` acquisitions per ``per`` seconds, across processes."""
+
+from __future__ import annotations
+
+import os
+import time
+import weakref
+from collections.abc import Sequence
+from multiprocessing.util import Finalize
+from types import TracebackType
+from typing import Any
+
+from .._exceptions import SemaphoreClosedError
+from .._kernel._validate import check_name, check_timeout
+from .._typing import Self
+
+try:
+    from . import _store as shared
+
+    _UNAVAILABLE: str | None = None
+except (ImportError, OSError, TypeError, AttributeError) as exc:  # pragma: no cover - Windows
+    _UNAVAILABLE = (
+        "RateLimiter needs System V semaphores (Linux, macOS), which this platform lacks "
+        f"({type(exc).__name__}: {exc}); use procthrottle.redis.RedisRateLimiter instead"
+    )
+from ._gcra import reserve
+from ._parse import check_burst, check_extra, check_n, describe, intervals_ns, rate_pair
+
+_monotonic_ns = time.monotonic_ns
+#: A reservation: ``(slot, tats_before, tats_after)``, all in monotonic nanoseconds.
+Reservation = tuple[int, list[int], list[int]]
+
+_live: weakref.WeakSet[RateLimiter] = weakref.WeakSet()
+_anonymous: weakref.WeakValueDictionary[int, RateLimiter] = weakref.WeakValueDictionary()
+
+
+def _after_fork_in_child() -> None:
+    # SEM_UNDO adjustments are not inherited: the child has attached to nothing. It attaches
+    # when it first uses an inherited limiter, and never runs the parent's detach finalizers.
+    for limiter in list(_live):
+        limiter._forked()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _semaphore_exists(name: str) -> bool:
+    """Whether a ProcessSemaphore (either kernel) already has this name."""
+    found = False
+    try:
+        from .._kernel import _sysv
+
+        found = _sysv.find_named(name) is not None
+    except (ImportError, AttributeError, OSError):  # pragma: no cover - kernel without it
+        pass
+    if not found:
+        try:
+            from .._kernel import _posix
+
+            found = _posix.find_named(name) is not None
+        except (ImportError, AttributeError, OSError):  # pragma: no cover
+            pass
+    return found
+
+
+class RateLimiter:
+    """At most `rate` acquisitions per `per` seconds, shared by processes.
+
+    The limit holds for every process using the limiter: children it was passed to (under
+    fork, spawn and forkserver, including as an argument of `ProcessPoolExecutor.submit`),
+    or, with a `name`, every process of this user on the host. Several rates may be enforced
+    at once with `extra`, e.g. 10 per second and 500 per minute. Over any window of `W`
+    seconds at most `burst + rate * W / per` acquisitions (counted with their weight `n`) are
+    admitted, for each rate.
+
+    The state is one theoretical arrival time per rate (GCRA) in a System V semaphore set,
+    updated by an atomic compare-and-swap: there is no lock, so a process killed at any
+    instant neither corrupts the state nor blocks the others. An acquisition reserves the
+    next free slot and sleeps until it, so waiters are served in the order they arrived.
+
+    Args:
+        rate: How many acquisitions per `per` seconds, as a number > 0, or a string such as
+            `"10/s"`, `"600/min"`, `"5000/h"` (then leave `per` at its default).
+        per: The period of `rate` in seconds.
+        burst: How many acquisitions may be admitted at once after an idle period (>= 1).
+        name: Share the limiter host-wide under this name (1 to 200 characters of
+            `[A-Za-z0-9._-]`; owner-only, never attached to another user's object). Opening
+            an existing name with other rates or another burst raises `ValueError`.
+        extra: More `(rate, per)` pairs (or rate strings) enforced together with the first.
+
+    Raises:
+        TypeError: An argument of the wrong type (bools are refused as numbers).
+        ValueError: A rate or period that is not a finite number > 0, an unparseable rate
+            string, `burst < 1`, or a name that exists with other rates or as a semaphore.
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_attached",
+        "_burst",
+        "_cache",
+        "_closed",
+        "_finalizer",
+        "_intervals",
+        "_name",
+        "_pairs",
+        "_single",
+        "_store",
+    )
+
+    _store: shared.RateSet
+    _finalizer: Finalize | None
+
+    def __init__(
+        self,
+        rate: float | str,
+        per: float = 1.0,
+        *,
+        burst: int = 1,
+        name: str | None = None,
+        extra: Sequence[tuple[float, float] | str] = (),
+    ) -> None:
+        pairs = [rate_pair(rate, per), *check_extra(extra)]
+        burst = check_burst(burst)
+        name = check_name(name)
+        if _UNAVAILABLE is not None:  # pragma: no cover - Windows
+            raise NotImplementedError(_UNAVAILABLE)
+        if len(pairs) > shared.MAX_RATES:
+            raise ValueError(f"at most {shared.MAX_RATES} rates per limiter, got {len(pairs)}")
+        intervals = intervals_ns(pairs, burst)
+        self._configure(pairs, burst, intervals, name)
+        if name is None:
+            store = shared.create_anonymous(burst, intervals)
+        else:
+
+            def refuse_semaphore_names() -> None:
+                if _semaphore_exists(name):
+                    raise ValueError(
+                        f"{name!r} is the name of a ProcessSemaphore; give the rate limiter a "
+                        f"name of its own (or unlink the semaphore: `procthrottle unlink {name}`)"
+                    )
+
+            store, header = shared.open_or_create_named(
+                name, burst, intervals, refuse_semaphore_names
+            )
+            if header is not None and (header.burst, header.intervals) != (burst, intervals):
+                raise ValueError(self._mismatch(name, header))
+        self._setup(store)
+
+    def _configure(
+        self,
+        pairs: list[tuple[float, float]],
+        burst: int,
+        intervals: tuple[int, ...],
+        name: str | None,
+    ) -> None:
+        self._pairs, self._burst, self._intervals, self._name = pairs, burst, intervals, name
+        self._single = intervals[0] if len(intervals) == 1 else 0
+        self._cache: list[int] | None = None
+        self._closed: str | None = None
+        self._attached = False
+        self._finalizer = None
+
+    def _mismatch(self, name: str, header: shared.Header) -> str:
+        theirs = describe([(1e9 / t, 1.0) for t in header.intervals])
+        return (
+            f"rate limiter {name!r} already exists with {theirs} (burst={header.burst}), not "
+            f"{describe(self._pairs)} (burst={self._burst}); open it with the same rates and "
+            f"burst, or unlink it first"
+        )
+
+    def _setup(self, store: shared.RateSet) -> None:
+        self._store = store
+        self._attach()
+        if self._name is None:
+            _anonymous[store.semid] = self
+
+    def _attach(self) -> None:
+        self._store.attach()
+        self._attached = True
+        _live.add(self)
+        self._finalizer = Finalize(
+            self, shared.detach, args=(self._store.semid, self._name is None), exitpriority=10
+        )
+
+    def _forked(self) -> None:
+        if self._finalizer is not None:
+            self._finalizer.cancel()
+        self._finalizer = None
+        self._attached = False
+
+    # -- reservations --------------------------------------------------------------------
+    def _reserve(self, n: int, max_wait: int | None) -> Reservation | None:
+        """Reserve a slot for ``n`` unless it is more than ``max_wait`` ns away (None: any)."""
+        if not self._attached:
+            if self._closed is not None:
+                raise SemaphoreClosedError(self._closed)
+            self._attach()
+        store = self._store
+        tats = self._cache
+        fresh = tats is None
+        burst = self._burst
+        intervals = self._intervals
+        if len(intervals) == 1:  # the GCRA of _gcra.reserve for one rate, inlined
+            interval = intervals[0]
+            while True:
+                if tats is None:
+                    tats = store.read()
+                    fresh = True
+                tat = tats[0]
+                now = _monotonic_ns()
+                slot = (tat if tat > now else now) + (n - burst) * interval
+                if slot < now:
+                    slot = now
+                if max_wait is not None and slot - now > max_wait:
+                    if not fresh:  # our cached view may be stale (a reservation given back)
+                        tats = None
+                        continue
+                    return None
+                after = (tat if tat > slot else slot) + n * interval
+                if store.cas1(tat, after):
+                    new = [after]
+                    self._cache = new
+                    return slot, tats, new
+                tats = None
+        while True:
+            if tats is None:
+                tats = store.read()
+                fresh = True
+            now = _monotonic_ns()
+            slot, new = reserve(tats, now, n, intervals, burst)
+            if max_wait is not None and slot - now > max_wait:
+                if not fresh:
+                    tats = None
+                    continue
+                return None
+            if store.swap(tats, new):
+                self._cache = new
+                return slot, tats, new
+            tats = None
+
+    def _take_now(self, n: int) -> bool:
+        """Admit ``n`` now if this process's last view says so: one system call, no sleep.
+
+        False means "not now, or not sure": the caller goes the full way (`_reserve`).
+        """
+        tats = self._cache
+        interval = self._single
+        if tats is None or not interval or not self._attached:
+            return self._closed is None and self._reserve(n, 0) is not None
+        tat = tats[0]
+        now = _monotonic_ns()
+        base = tat if tat > now else now
+        if base + (n - self._burst) * interval > now:
+            return False
+        after = base + n * interval  # the slot is now
+        if self._store.cas1(tat, after):
+            self._cache = [after]
+            return True
+        return False
+
+    def _give_back(self, reservation: Reservation) -> bool:
+        """Undo a reservation if none was made after it; True if it was undone."""
+        if self._closed is not None:
+            return False
+        _, before, after = reservation
+        try:
+            undone = self._store.swap(after, before)
+        except (SemaphoreClosedError, OSError):
+            return False
+        if undone:
+            self._cache = before
+        return undone
+
+    def _check_n(self, n: object) -> int:
+        if isinstance(n, int) and n.__class__ is int and 1 <= n <= self._burst:
+            return n
+        return check_n(n, self._burst)
+
+    # -- public ----------------------------------------------------------------------------
+    def acquire(self, n: int = 1, *, block: bool = True, timeout: float | None = None) -> bool:
+        """Take `n` units of the rate, sleeping until they are allowed.
+
+        Args:
+            n: The weight of this acquisition, 1 to `burst`.
+            block: With False, return False at once unless the units are allowed now.
+            timeout: The longest wait in seconds (None: no limit; negative: do not wait).
+
+        Returns:
+            True once admitted; False, reserving nothing, when the wait would be longer than
+            `timeout` or `block` is False and the units are not allowed now.
+
+        Raises:
+            SemaphoreClosedError: The limiter was closed, or unlinked from the host.
+        """
+        n = self._check_n(n)
+        if not block:
+            max_wait: int | None = 0
+        elif timeout is None:
+            max_wait = None
+        else:
+            seconds = check_timeout(timeout)
+            assert seconds is not None
+            max_wait = None if seconds == float("inf") else max(0, int(seconds * 1e9))
+        if self._closed is not None:
+            raise SemaphoreClosedError(self._closed)
+        if self._take_now(n):
+            return True
+        reservation = self._reserve(n, max_wait)
+        if reservation is None:
+            return False
+        slot = reservation[0]
+        try:
+            while (delay := slot - _monotonic_ns()) > 0:
+                time.sleep(delay / 1e9)
+        except BaseException:
+            self._give_back(reservation)
+            raise
+        return True
+
+    def __enter__(self) -> Self:
+        self.acquire()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        pass
+
+    @property
+    def rate(self) -> float:
+        """How many acquisitions per `per` seconds (the first rate)."""
+        return self._pairs[0][0]
+
+    @property
+    def per(self) -> float:
+        """The period of `rate`, in seconds."""
+        return self._pairs[0][1]
+
+    @property
+    def burst(self) -> int:
+        """How many acquisitions may be admitted at once."""
+        return self._burst
+
+    @property
+    def name(self) -> str | None:
+        """The host-wide name, or None for an anonymous limiter."""
+        return self._name
+
+    @property
+    def extra(self) -> tuple[tuple[float, float], ...]:
+        """The other `(rate, per)` pairs enforced together with the first."""
+        return tuple(self._pairs[1:])
+
+    def close(self) -> None:
+        """Drop this process's handle (an anonymous limiter goes with its last handle)."""
+        if self._closed is not None:
+            return
+        self._closed = "the rate limiter was closed in this process"
+        _live.discard(self)
+        self._attached = False
+        if self._finalizer is not None:
+            self._finalizer()
+            self._finalizer = None
+
+    def unlink(self) -> None:
+        """Remove the limiter from the host, then close it; other handles then fail."""
+        if self._closed is None:
+            self._store.remove()
+        self.close()
+
+    def __repr__(self) -> str:
+        extra = f", extra={list(self.extra)}" if len(self._pairs) > 1 else ""
+        name = f", name={self._name!r}" if self._name is not None else ""
+        state = ", closed" if self._closed is not None else ""
+        burst = f"burst={self._burst}"
+        return f"RateLimiter({self.rate:g}, per={self.per:g}, {burst}{extra}{name}{state})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        if self._closed is not None:
+            raise SemaphoreClosedError("cannot pickle a closed rate limiter")
+        if self._name is not None:
+            return (_open_named, (self._name, self._pairs, self._burst))
+        return (_open_anonymous, (self._store.key, self._pairs, self._burst))
+
+
+def _open_named(name: str, pairs: list[tuple[float, float]], burst: int) -> RateLimiter:
+    return RateLimiter(*pairs[0], burst=burst, name=name, extra=pairs[1:])
+
+
+def _open_anonymous(key: int, pairs: list[tuple[float, float]], burst: int) -> RateLimiter:
+    """The limiter with this key, attached on first use (one handle per process)."""
+    intervals = intervals_ns(pairs, burst)
+    store = shared.open_anonymous(key, burst, intervals)
+    existing = _anonymous.get(store.semid)
+    if existing is not None and existing._closed is None:
+        return existing
+    self = object.__new__(RateLimiter)
+    self._configure(list(pairs), burst, intervals, None)
+    self._store = store  # attached when first used, after a spawned child's bootstrap
+    _live.add(self)
+    _anonymous[store.semid] = self
+    return self

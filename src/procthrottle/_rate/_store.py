@@ -1,0 +1,354 @@
+"""The shared state of a rate limiter: one System V semaphore set, updated by compare-and-swap.
+
+Semaphore values are 15-bit counters, so a 60-bit time takes four of them. The set holds a
+header (a magic value, an attach counter, the owner tag of a named set, the burst and the
+number of rates), each rate's emission interval and each rate's theoretical arrival time (TAT).
+
+There is no lock. An update is one ``semop`` call with, for every TAT word, the three
+operations "subtract the value I read", "wait for zero" and "add the new value", all with
+``IPC_NOWAIT``: the kernel applies them atomically and only if every word still holds what
+this process read, a multi-word compare-and-swap. A process killed at any instant therefore
+leaves either the old state or the new one, never a mix, and never holds anything the others
+wait for. The attach counter moves with ``SEM_UNDO`` (as in the semaphore kernel), so it counts
+the live processes using the set; the last one to close an anonymous set removes it.
+"""
+
+from __future__ import annotations
+
+import array
+import ctypes
+import errno
+import hashlib
+import os
+import secrets
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import NoReturn
+
+import sysv_ipc
+
+from .._exceptions import SemaphoreClosedError
+from .._kernel import _libc
+
+MAGIC, ATTACH, TAG_HI, TAG_LO, BURST, NRATES = range(6)
+HEADER = 6
+#: Marks a set as a procthrottle rate limiter (layout version 1).
+MAGIC_VALUE = 0x5231
+WORD_BITS = 15
+WORD_MASK = (1 << WORD_BITS) - 1
+WORDS = 4  # 60 bits per time value
+MAX_TIME = 1 << (WORD_BITS * WORDS)
+MAX_RATES = 8
+ANONYMOUS_TAG = (0, 0)
+PROBES = 8
+INIT_TIMEOUT = 2.0
+GETALL = 6 if sys.platform == "darwin" else 13
+
+_getall = _libc.libc["semctl"]
+_getall.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_void_p)
+_getall.restype = ctypes.c_int
+# No argtypes on the hot path: callers pass a ctypes pointer and size_t made once, which
+# ctypes hands over without per-call conversion (a third of the cost of an update).
+_semop = semop = _libc.libc["semop"]
+_semop.restype = ctypes.c_int
+
+_ATTACH = _libc.ops((ATTACH, 1, _libc.SEM_UNDO))
+_DETACH = _libc.ops((ATTACH, -1, _libc.SEM_UNDO | _libc.IPC_NOWAIT))
+_IF_UNUSED = _libc.ops((ATTACH, 0, _libc.IPC_NOWAIT))
+
+
+def encode(value: int) -> list[int]:
+    return [(value >> (WORD_BITS * i)) & WORD_MASK for i in range(WORDS)]
+
+
+def decode(words: Sequence[int]) -> int:
+    return words[0] | words[1] << 15 | words[2] << 30 | words[3] << 45
+
+
+def nsems(nrates: int) -> int:
+    return HEADER + 2 * WORDS * nrates
+
+
+def initial(tag: tuple[int, int], burst: int, intervals: Sequence[int]) -> list[int]:
+    values = [MAGIC_VALUE, 0, *tag, burst, len(intervals)]
+    for interval in intervals:
+        values += encode(interval)
+    return values + [0] * (WORDS * len(intervals))
+
+
+def name_tag(name: str) -> tuple[int, int]:
+    digest = hashlib.blake2b(name.encode(), digest_size=4, person=b"procthrottle.rtg").digest()
+    value = int.from_bytes(digest, "big")
+    return ((value >> 15) & WORD_MASK) or 1, value & WORD_MASK
+
+
+def name_key(name: str, probe: int) -> int:
+    data = f"{probe}:{name}".encode()
+    digest = hashlib.blake2b(data, digest_size=4, person=b"procthrottle.rky").digest()
+    return (int.from_bytes(digest, "big") & 0x7FFFFFFF) or 1
+
+
+class Header:
+    """What a set says about itself: owner tag, burst and intervals."""
+
+    __slots__ = ("burst", "intervals", "tag")
+
+    def __init__(self, tag: tuple[int, int], burst: int, intervals: tuple[int, ...]) -> None:
+        self.tag, self.burst, self.intervals = tag, burst, intervals
+
+
+def inspect(semid: int) -> Header | None:
+    """The header of a procthrottle rate set; None for any other set (or a half-made one)."""
+    try:
+        deadline = time.monotonic() + INIT_TIMEOUT
+        while (magic := _libc.getval(semid, MAGIC)) == 0:  # SETALL not done yet
+            if time.monotonic() > deadline:
+                if _libc.getval(semid, ATTACH) == 0 and _libc.getval(semid, NRATES) == 0:
+                    _libc.remove(semid)  # its creator died between semget and SETALL
+                return None
+            time.sleep(0.001)
+        if magic != MAGIC_VALUE:
+            return None
+        count = _libc.getval(semid, NRATES)
+        if not 1 <= count <= MAX_RATES:
+            return None
+        size = nsems(count)
+        _libc.getval(semid, size - 1)
+        try:
+            _libc.getval(semid, size)
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:
+                raise
+        else:
+            return None  # a larger set: not ours
+        values = read_all(semid, size)
+    except OSError:
+        return None
+    ends = range(HEADER, HEADER + WORDS * count, WORDS)
+    intervals = tuple(decode(values[i : i + WORDS]) for i in ends)
+    return Header((values[TAG_HI], values[TAG_LO]), values[BURST], intervals)
+
+
+def read_all(semid: int, size: int) -> list[int]:
+    buffer = (ctypes.c_ushort * size)()
+    if _getall(semid, 0, GETALL, ctypes.addressof(buffer)) < 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code))
+    return list(buffer)
+
+
+def lookup(key: int) -> int | None:
+    """The set id at ``key`` if it exists and belongs to this user; None otherwise."""
+    try:
+        semid = _libc.lookup(key)
+        if semid is None:
+            return None
+        owner = sysv_ipc.Semaphore(key)
+        if owner.uid != os.geteuid() or owner.cuid != os.geteuid():
+            return None  # another user's set, even if readable: never attach to it
+    except (PermissionError, sysv_ipc.Error):
+        return None
+    return semid
+
+
+class _Ops(threading.local):
+    """One thread's buffers: the ``struct sembuf`` array of an update, the values read."""
+
+    def __init__(self, template: list[int], size: int) -> None:
+        self.ops = array.array("h", template)
+        self.address = ctypes.c_void_p(self.ops.buffer_info()[0])
+        self.before = self.after = -1  # the values of a one-rate update in ops; -1: none
+        self.values = (ctypes.c_ushort * size)()
+
+
+class RateSet:
+    """One process's handle on a rate set: read, compare-and-swap, attach, detach."""
+
+    __slots__ = ("_local", "count", "count_ops", "key", "semid", "tat_base")
+
+    def __init__(self, key: int, semid: int, count: int) -> None:
+        self.key, self.semid, self.count = key, semid, count
+        self.tat_base = HEADER + WORDS * count
+        size = nsems(count)
+        # Per TAT word: (word, -old), (word, 0), (word, +new); old and new filled per update.
+        template: list[int] = []
+        for word in range(self.tat_base, size):
+            for _ in range(3):
+                template += [word, 0, _libc.IPC_NOWAIT]
+        self.count_ops = ctypes.c_size_t(len(template) // 3)
+        self._local = _Ops(template, size)
+
+    def read(self) -> list[int]:
+        """The TATs now (one atomic GETALL)."""
+        buffer = self._local.values
+        if _getall(self.semid, 0, GETALL, ctypes.addressof(buffer)) < 0:
+            self._fail()
+        base = self.tat_base
+        return [
+            buffer[i] | buffer[i + 1] << 15 | buffer[i + 2] << 30 | buffer[i + 3] << 45
+            for i in range(base, base + WORDS * self.count, WORDS)
+        ]
+
+    def swap(self, old: Sequence[int], new: Sequence[int]) -> bool:
+        """Replace the TATs ``old`` by ``new`` if they still are ``old`` (atomically)."""
+        local = self._local
+        ops = local.ops
+        local.before = local.after = -1  # the buffer no longer holds a cas1 update
+        pos = 1
+        for before, after in zip(old, new, strict=True):
+            if after >= MAX_TIME or after < 0:
+                raise OverflowError("the rate limiter's queue reaches too far into the future")
+            ops[pos] = -(before & 0x7FFF)
+            ops[pos + 6] = after & 0x7FFF
+            ops[pos + 9] = -((before >> 15) & 0x7FFF)
+            ops[pos + 15] = (after >> 15) & 0x7FFF
+            ops[pos + 18] = -((before >> 30) & 0x7FFF)
+            ops[pos + 24] = (after >> 30) & 0x7FFF
+            ops[pos + 27] = -(before >> 45)
+            ops[pos + 33] = after >> 45
+            pos += 36
+        if _semop(self.semid, local.address, self.count_ops) == 0:
+            return True
+        code = ctypes.get_errno()
+        if code == errno.EAGAIN or code == errno.EINTR:
+            return False  # nothing applied; the caller reads again and retries
+        self._fail(code)
+
+    def cas1(self, before: int, after: int) -> bool:
+        """`swap` for a set of one rate: the hot path.
+
+        This thread's buffer still holds the operations of its previous update, and the high
+        words of a time change rarely (every 33 ms and 1.07 s), so only the words that differ
+        from that update are written.
+        """
+        if after >= MAX_TIME:
+            raise OverflowError("the rate limiter's queue reaches too far into the future")
+        local = self._local
+        ops = local.ops
+        ops[1] = -(before & 0x7FFF)
+        ops[7] = after & 0x7FFF
+        changed = (before ^ local.before) | (after ^ local.after)
+        if changed >> 15:
+            ops[10] = -((before >> 15) & 0x7FFF)
+            ops[16] = (after >> 15) & 0x7FFF
+            if changed >> 30:
+                ops[19] = -((before >> 30) & 0x7FFF)
+                ops[25] = (after >> 30) & 0x7FFF
+                ops[28] = -(before >> 45)
+                ops[34] = after >> 45
+        local.before, local.after = before, after
+        if semop(self.semid, local.address, self.count_ops) == 0:
+            return True
+        code = ctypes.get_errno()
+        if code != errno.EAGAIN and code != errno.EINTR:
+            self._fail(code)
+        return False
+
+    def _fail(self, code: int | None = None) -> NoReturn:
+        code = ctypes.get_errno() if code is None else code
+        if code in _libc.GONE:
+            raise SemaphoreClosedError(
+                "the rate limiter was unlinked from the host (or every process using an "
+                "anonymous one closed it)"
+            )
+        raise OSError(code, os.strerror(code))
+
+    def attach(self) -> None:
+        try:
+            _libc.semop(self.semid, _ATTACH)
+        except OSError as exc:
+            if exc.errno in _libc.GONE:
+                raise SemaphoreClosedError(
+                    "this rate limiter no longer exists: every process that used it closed it "
+                    "or exited, or it was unlinked. Keep the creating process's RateLimiter "
+                    "alive while others use it, or give it a name="
+                ) from exc
+            raise
+
+    def remove(self) -> bool:
+        return _libc.remove(self.semid)
+
+
+def detach(semid: int, anonymous: bool) -> None:
+    """Undo one attach; the last handle on the host removes an anonymous set."""
+    try:
+        _libc.semop(semid, _DETACH)
+        if anonymous and _libc.semop(semid, _IF_UNUSED):
+            _libc.remove(semid)
+    except OSError as exc:
+        if exc.errno not in _libc.GONE:  # pragma: no cover - unexpected kernel error
+            raise
+
+
+def create_anonymous(burst: int, intervals: Sequence[int]) -> RateSet:
+    values = initial(ANONYMOUS_TAG, burst, intervals)
+    while True:
+        key = secrets.randbelow(0x7FFFFFFE) + 1
+        semid = _libc.create(key, values)
+        if semid is not None:
+            return RateSet(key, semid, len(intervals))
+
+
+def open_anonymous(key: int, burst: int, intervals: Sequence[int]) -> RateSet:
+    semid = lookup(key)
+    header = None if semid is None else inspect(semid)
+    if (
+        semid is None
+        or header is None
+        or (header.tag, header.burst, header.intervals) != (ANONYMOUS_TAG, burst, tuple(intervals))
+    ):
+        raise SemaphoreClosedError(
+            "this anonymous rate limiter no longer exists: every process that used it closed "
+            "it or exited. Keep the creating process's RateLimiter alive while others use it, "
+            "or give it a name="
+        )
+    return RateSet(key, semid, len(intervals))
+
+
+def find_named(name: str) -> tuple[int, int, Header] | None:
+    """``(key, semid, header)`` of the named rate set, or None."""
+    tag = name_tag(name)
+    for probe in range(PROBES):
+        key = name_key(name, probe)
+        semid = lookup(key)
+        if semid is None:
+            continue
+        header = inspect(semid)
+        if header is not None and header.tag == tag:
+            return key, semid, header
+    return None
+
+
+def open_or_create_named(
+    name: str, burst: int, intervals: Sequence[int], before_create: Callable[[], None]
+) -> tuple[RateSet, Header | None]:
+    """The named set, created if need be; also the header of an existing one (None if new).
+
+    ``before_create`` runs before a new set is made (it may refuse by raising).
+    """
+    for _ in range(3):  # a concurrent creator may win the key we chose
+        found = find_named(name)
+        if found is not None:
+            key, semid, header = found
+            return RateSet(key, semid, len(header.intervals)), header
+        before_create()
+        for probe in range(PROBES):
+            key = name_key(name, probe)
+            try:
+                if _libc.lookup(key) is not None:
+                    continue
+            except PermissionError:
+                continue
+            created = _libc.create(key, initial(name_tag(name), burst, intervals))
+            if created is not None:
+                return RateSet(key, created, len(intervals)), None
+            break  # taken meanwhile: look again, it may be our name
+    raise OSError(errno.ENOSPC, f"no free System V key for rate limiter {name!r}")
+
+
+def unlink_named(name: str) -> bool:
+    """Remove the named rate limiter from the host; False if there was none."""
+    found = find_named(name)
+    return found is not None and _libc.remove(found[1])

@@ -1,0 +1,476 @@
+"""RateLimiter and AsyncRateLimiter in one process: arguments, bursts, timeouts, cancellation."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import pickle
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from types import FrameType
+
+import anyio
+import pytest
+
+from helpers import sysv_sets, unique_name
+from procthrottle import AsyncRateLimiter, ProcessSemaphore, RateLimiter, SemaphoreClosedError
+from procthrottle._rate import as_rate_limiter, parse_rate
+
+pytestmark = pytest.mark.timeout(30)
+
+
+@pytest.fixture
+def named() -> Iterator[str]:
+    name = unique_name("pt-rate")
+    yield name
+    from procthrottle._rate import _store
+
+    _store.unlink_named(name)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("10/s", (10.0, 1.0)),
+        ("600/min", (600.0, 60.0)),
+        ("5000/h", (5000.0, 3600.0)),
+        ("2.5/s", (2.5, 1.0)),
+        ("100/10s", (100.0, 10.0)),
+        (" 10 per second ", (10.0, 1.0)),
+        ("7/day", (7.0, 86400.0)),
+        ("3/Minutes", (3.0, 60.0)),
+    ],
+)
+def test_rate_strings(text: str, expected: tuple[float, float]) -> None:
+    assert parse_rate(text) == expected
+    limiter = RateLimiter(text)
+    assert (limiter.rate, limiter.per) == expected
+    limiter.close()
+
+
+@pytest.mark.parametrize("text", ["10", "10/", "/s", "ten/s", "10/fortnight", "10/0s", "0/s", ""])
+def test_bad_rate_strings_name_the_accepted_forms(text: str) -> None:
+    with pytest.raises(ValueError, match=r"10/s.*600/min|above zero"):
+        RateLimiter(text)
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "error", "match"),
+    [
+        ((0,), {}, ValueError, "rate must be > 0"),
+        ((-1,), {}, ValueError, "rate must be > 0"),
+        ((math.nan,), {}, ValueError, "rate must be a finite"),
+        ((math.inf,), {}, ValueError, "rate must be a finite"),
+        ((True,), {}, TypeError, "rate must be a number"),
+        ((None,), {}, TypeError, "rate must be a number"),
+        ((10, 0), {}, ValueError, "per must be > 0"),
+        ((10, math.nan), {}, ValueError, "per must be a finite"),
+        ((10, False), {}, TypeError, "per must be a number"),
+        (("10/s", 2.0), {}, ValueError, "leave per"),
+        ((10,), {"burst": 0}, ValueError, "burst must be >= 1"),
+        ((10,), {"burst": 2.0}, TypeError, "burst must be an int"),
+        ((10,), {"burst": True}, TypeError, "burst must be an int"),
+        ((10,), {"name": "a b"}, ValueError, "name must be"),
+        ((10,), {"extra": [(0, 1)]}, ValueError, r"extra\[0\] rate must be > 0"),
+        ((10,), {"extra": [5]}, TypeError, r"extra\[0\] must be"),
+        ((10,), {"extra": "5/s"}, TypeError, "extra must be a sequence"),
+        ((1e-9, 86400), {}, ValueError, "spans more than"),
+    ],
+)
+def test_bad_arguments(
+    args: tuple[object, ...], kwargs: dict[str, object], error: type[Exception], match: str
+) -> None:
+    before = sysv_sets()
+    with pytest.raises(error, match=match):
+        RateLimiter(*args, **kwargs)  # type: ignore[arg-type]
+    assert sysv_sets() == before  # nothing made
+
+
+def test_bad_acquire_arguments_change_nothing() -> None:
+    limiter = RateLimiter(10, burst=2)
+    with pytest.raises(ValueError, match="n=3 is more than burst=2"):
+        limiter.acquire(3)
+    with pytest.raises(ValueError, match="n must be >= 1"):
+        limiter.acquire(0)
+    with pytest.raises(TypeError, match="n must be an int"):
+        limiter.acquire(True)
+    with pytest.raises(TypeError, match="timeout must be a number"):
+        limiter.acquire(timeout="1")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="NaN"):
+        limiter.acquire(timeout=math.nan)
+    # Nothing was reserved: the whole burst is still there.
+    assert limiter.acquire(2, block=False)
+    limiter.close()
+
+
+def test_burst_then_rate() -> None:
+    limiter = RateLimiter(20, burst=5)
+    start = time.monotonic()
+    for _ in range(5):
+        assert limiter.acquire(block=False)
+    assert not limiter.acquire(block=False)  # refused, nothing reserved
+    assert not limiter.acquire(timeout=0.01)  # the next slot is 50 ms away
+    assert time.monotonic() - start < 0.04  # refused at once, without sleeping
+    times = []
+    for _ in range(10):
+        assert limiter.acquire(timeout=1)
+        times.append(time.monotonic())
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert min(gaps) > 0.045  # one every 50 ms
+    assert times[-1] - start == pytest.approx(0.5, abs=0.1)
+    limiter.close()
+
+
+def test_weighted_and_two_rates() -> None:
+    limiter = RateLimiter(100, burst=4, extra=[(10, 1.0)])  # 10/s dominates
+    assert limiter.extra == ((10.0, 1.0),)
+    start = time.monotonic()
+    assert limiter.acquire(4, block=False)
+    assert not limiter.acquire(1, block=False)
+    assert limiter.acquire(2, timeout=1)  # two more units: 0.2 s at 10/s
+    assert time.monotonic() - start == pytest.approx(0.2, abs=0.06)
+    limiter.close()
+
+
+def test_context_manager_properties_and_repr() -> None:
+    limiter = RateLimiter("600/min", burst=3)
+    with limiter as entered:
+        assert entered is limiter
+    assert (limiter.rate, limiter.per, limiter.burst, limiter.name) == (600.0, 60.0, 3, None)
+    assert "RateLimiter(600, per=60, burst=3" in repr(limiter)
+    limiter.close()
+    limiter.close()  # idempotent
+    assert "closed" in repr(limiter)
+    with pytest.raises(SemaphoreClosedError):
+        limiter.acquire()
+    with pytest.raises(SemaphoreClosedError):
+        pickle.dumps(limiter)
+
+
+def test_anonymous_leaves_no_kernel_object() -> None:
+    before = sysv_sets()
+    limiter = RateLimiter(10)
+    copy = pickle.loads(pickle.dumps(limiter))
+    assert copy is limiter  # one handle per process
+    assert len(sysv_sets() - before) == 1
+    limiter.close()
+    assert sysv_sets() == before
+
+
+def test_named_is_owner_only_and_shared(named: str) -> None:
+    import sysv_ipc
+
+    a = RateLimiter(10, name=named, burst=2)
+    b = RateLimiter("10/s", name=named, burst=2)
+    assert a._store.semid == b._store.semid
+    assert sysv_ipc.Semaphore(a._store.key).mode & 0o777 == 0o600
+    assert a.acquire(2, block=False)
+    assert not b.acquire(block=False)  # one shared state
+    copy = pickle.loads(pickle.dumps(a))
+    assert copy.name == named
+    assert not copy.acquire(block=False)
+    for limiter in (a, b, copy):
+        limiter.close()
+
+
+def test_name_with_other_rates_or_a_semaphore_is_refused(named: str) -> None:
+    a = RateLimiter(10, name=named, burst=2)
+    with pytest.raises(ValueError, match=r"already exists with 10 per 1 s \(burst=2\)"):
+        RateLimiter(20, name=named, burst=2)
+    with pytest.raises(ValueError, match="already exists"):
+        RateLimiter(10, name=named, burst=3)
+    with pytest.raises(ValueError, match="already exists"):
+        RateLimiter(10, name=named, burst=2, extra=["100/min"])
+    assert a.acquire(2, block=False)  # unchanged by the refusals
+    a.close()
+    sem_name = unique_name("pt-rate-sem")
+    for crash_safe in (True, False):
+        sem = ProcessSemaphore(2, name=sem_name, crash_safe=crash_safe)
+        before = sysv_sets()
+        with pytest.raises(ValueError, match="name of a ProcessSemaphore"):
+            RateLimiter(10, name=sem_name)
+        assert sysv_sets() == before
+        sem.unlink()
+
+
+def test_unlink_makes_other_handles_fail(named: str) -> None:
+    a = RateLimiter(1000, name=named)
+    b = RateLimiter(1000, name=named)
+    a.unlink()
+    with pytest.raises(SemaphoreClosedError, match="unlinked"):
+        b.acquire(block=False)
+    b.close()
+
+
+def test_interrupted_sleep_gives_the_reservation_back() -> None:
+    limiter = RateLimiter(5, burst=1)  # one slot per 200 ms
+    assert limiter.acquire()
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.05)
+        with pytest.raises(KeyboardInterrupt):
+            limiter.acquire()  # reserved the slot at +200 ms, interrupted at +50 ms
+    finally:
+        signal.signal(signal.SIGALRM, old)
+    start = time.monotonic()
+    assert limiter.acquire(timeout=0.3)  # gets that same slot, not the one after
+    assert time.monotonic() - start < 0.19
+    limiter.close()
+
+
+def test_threads_share_the_rate() -> None:
+    limiter = RateLimiter(100, burst=1)
+    times: list[float] = []
+
+    def work() -> None:
+        for _ in range(10):
+            limiter.acquire()
+            times.append(time.monotonic())
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    start = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(times) == 40
+    assert time.monotonic() - start > 0.38  # 39 intervals of 10 ms after the first
+    limiter.close()
+
+
+def test_as_rate_limiter() -> None:
+    assert as_rate_limiter(None) is None
+    limiter = RateLimiter(10)
+    assert as_rate_limiter(limiter) is limiter
+    assert as_rate_limiter(AsyncRateLimiter(limiter)) is limiter  # type: ignore[arg-type]
+    made = as_rate_limiter("5/s")
+    assert made is not None
+    assert (made.rate, made.per) == (5.0, 1.0)
+    made.close()
+    made = as_rate_limiter(2.5)
+    assert made is not None
+    assert made.rate == 2.5
+    made.close()
+    with pytest.raises(TypeError, match="rate must be a RateLimiter"):
+        as_rate_limiter(True)
+    with pytest.raises(TypeError, match="rate must be a RateLimiter"):
+        as_rate_limiter([10])  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="10/s"):
+        as_rate_limiter("fast")
+    limiter.close()
+
+
+# -- async --------------------------------------------------------------------------------
+@pytest.mark.anyio
+async def test_async_burst_rate_and_timeout() -> None:
+    limiter = RateLimiter(20, burst=3)
+    alimiter = AsyncRateLimiter(limiter)
+    assert alimiter.limiter is limiter
+    assert (alimiter.rate, alimiter.burst) == (20.0, 3)
+    start = time.monotonic()
+    for _ in range(3):
+        assert await alimiter.acquire()
+    assert not await alimiter.acquire(timeout=0)
+    assert not await alimiter.acquire(timeout=0.02)
+    async with alimiter:
+        pass
+    assert time.monotonic() - start == pytest.approx(0.05, abs=0.03)
+    with pytest.raises(ValueError, match="more than burst"):
+        await alimiter.acquire(4)
+    limiter.close()
+
+
+@pytest.mark.anyio
+async def test_async_fifo_within_a_process() -> None:
+    alimiter = AsyncRateLimiter(RateLimiter(200, burst=1))
+    order: list[int] = []
+
+    async def task(i: int) -> None:
+        await alimiter.acquire()
+        order.append(i)
+
+    async with anyio.create_task_group() as tg:
+        for i in range(30):
+            tg.start_soon(task, i)
+            await anyio.sleep(0)  # started in this order
+    assert order == list(range(30))
+    alimiter.limiter.close()
+
+
+@pytest.mark.anyio
+async def test_cancelled_waiter_gives_its_reservation_back() -> None:
+    alimiter = AsyncRateLimiter("5/s")  # one slot per 200 ms
+    assert await alimiter.acquire()
+    with anyio.move_on_after(0.05):
+        await alimiter.acquire()  # reserves the slot at +200 ms, cancelled at +50 ms
+    start = time.monotonic()
+    assert await alimiter.acquire(timeout=0.3)  # that same slot, not the one at +400 ms
+    assert time.monotonic() - start < 0.19
+    alimiter.limiter.close()
+
+
+@pytest.mark.anyio
+async def test_cancelled_head_hands_its_slot_to_the_next_waiter() -> None:
+    limiter = RateLimiter(5, burst=1)  # one slot per 200 ms
+    alimiter = AsyncRateLimiter(limiter)
+    assert await alimiter.acquire()
+    got: list[float] = []
+    head_scope = anyio.CancelScope()
+
+    async def head() -> None:
+        with head_scope:
+            await alimiter.acquire()
+
+    async def second() -> None:
+        await alimiter.acquire()
+        got.append(time.monotonic())
+
+    start = time.monotonic()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(head)  # reserves the slot at +200 ms
+        await anyio.sleep(0.01)
+        tg.start_soon(second)  # waits behind it, reserving nothing yet
+        await anyio.sleep(0.01)
+        other = limiter._reserve(1, None)  # someone else reserves after the head: +400 ms
+        assert other is not None
+        head_scope.cancel()  # too late to roll back: the head hands its slot to `second`
+    assert got
+    assert got[0] - start < 0.3
+    limiter.close()
+
+
+@pytest.mark.anyio
+async def test_cancelling_many_waiters_wastes_no_quota() -> None:
+    limiter = RateLimiter(100, burst=1)  # one slot per 10 ms
+    alimiter = AsyncRateLimiter(limiter)
+    admitted = 0
+
+    async def task() -> None:
+        nonlocal admitted
+        await alimiter.acquire()
+        admitted += 1
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(50):
+            tg.start_soon(task)
+        await anyio.sleep(0.1)  # about 10 admitted, a few more holding reservations
+        tg.cancel_scope.cancel()  # cancelled in the order they queued
+    assert 5 <= admitted <= 15
+    # Every reservation not used went back: the next slot is the one after the last admitted.
+    (tat,) = limiter._store.read()
+    assert tat - time.monotonic_ns() <= 10_000_000
+    limiter.close()
+
+
+@pytest.mark.anyio
+async def test_ten_thousand_waiters_use_no_thread() -> None:
+    alimiter = AsyncRateLimiter(RateLimiter(40000, burst=500))
+    threads = threading.active_count()
+    peak = 0
+    done = 0
+
+    async def task() -> None:
+        nonlocal peak, done
+        await alimiter.acquire()
+        peak = max(peak, threading.active_count())
+        done += 1
+
+    start = time.monotonic()
+    async with anyio.create_task_group() as tg:
+        for _ in range(10_000):
+            tg.start_soon(task)
+    assert done == 10_000
+    assert peak == threads
+    assert time.monotonic() - start > (10_000 - 500) / 40000 * 0.9
+    alimiter.limiter.close()
+
+
+@pytest.mark.anyio
+async def test_async_refuses_bad_input() -> None:
+    with pytest.raises(TypeError, match="limiter must be"):
+        AsyncRateLimiter(None)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="10/s"):
+        AsyncRateLimiter("lots")
+    alimiter = AsyncRateLimiter(10)
+    with pytest.raises(TypeError, match="timeout"):
+        await alimiter.acquire(timeout="x")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="more than burst"):
+        await alimiter.acquire(2)
+    assert await alimiter.acquire(timeout=0)  # still the whole burst: nothing was taken
+    alimiter.limiter.close()
+
+
+def test_trio_acquire_is_a_checkpoint_and_takes_nothing_when_cancelled() -> None:
+    import trio
+
+    limiter = RateLimiter(10, burst=1)
+    alimiter = AsyncRateLimiter(limiter)
+
+    async def main() -> None:
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            await alimiter.acquire()  # uncontended, yet a checkpoint: cancelled first
+            raise AssertionError("not cancelled")
+        assert await alimiter.acquire(timeout=0)  # the burst was not spent
+
+    trio.run(main)
+    limiter.close()
+
+
+def test_imports_without_system_v_and_says_what_to_use() -> None:
+    """What Windows looks like to the package: no os.register_at_fork, no sysv_ipc."""
+    import subprocess
+    import textwrap
+
+    from helpers import PYTHON, python_env
+
+    script = textwrap.dedent(
+        """
+        import asyncio, concurrent.futures.process, multiprocessing, os, sys  # before the patch
+        import anyio
+        del os.register_at_fork
+        sys.modules["sysv_ipc"] = None
+        sys.platform = "win32"
+        import procthrottle
+        from procthrottle._rate import parse_rate
+        assert parse_rate("5/min") == (5.0, 60.0)
+        try:
+            procthrottle.RateLimiter("10/s")
+        except NotImplementedError as exc:
+            print("refused:", exc)
+        """
+    )
+    out = subprocess.run(
+        [PYTHON, "-c", script], env=python_env(), capture_output=True, text=True, timeout=30
+    )
+    assert out.stdout.startswith("refused: RateLimiter needs System V"), out.stderr
+    assert "RedisRateLimiter" in out.stdout
+
+
+def test_compare_and_swap_is_exact_on_every_word() -> None:
+    """The state is four 15-bit words: a swap must check and write each of them."""
+    limiter = RateLimiter(10)
+    store = limiter._store
+    (current,) = store.read()
+    for value in [2**15 - 1, 2**15, 2**30 - 1, 2**30, 2**45 + 5, 2**59 + 2**44 + 7, 3, 0]:
+        assert store.cas1(current, value)
+        assert store.read() == [value]
+        current = value
+    for wrong in (current + 1, current ^ (1 << 20), current ^ (1 << 35), current ^ (1 << 50)):
+        assert not store.cas1(wrong, 12345)  # any word differs: nothing is written
+        assert store.read() == [current]
+    assert store.swap([current], [2**40])  # the general path, then the fast one again
+    assert store.cas1(2**40, 2**40 + 1)
+    assert store.read() == [2**40 + 1]
+    with pytest.raises(OverflowError):
+        store.cas1(2**40 + 1, 2**60)
+    assert store.read() == [2**40 + 1]
+    assert store.cas1(2**40 + 1, 2**40 + 2**16)  # the refused update left no stale words
+    assert store.read() == [2**40 + 2**16]
+    limiter.close()

@@ -1,0 +1,107 @@
+"""Functions that rate-limiter tests run in child processes (importable under spawn)."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from procthrottle import AsyncRateLimiter, RateLimiter
+
+if TYPE_CHECKING:
+    from procthrottle.redis import RedisRateLimiter
+
+
+def record(path: str, line: str) -> None:
+    """Append one line with a single write on an O_APPEND file (atomic among processes)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        os.write(fd, (line + "\n").encode())
+    finally:
+        os.close(fd)
+
+
+def wait_until(t0: float) -> None:
+    while (delay := t0 - time.monotonic()) > 0:
+        time.sleep(delay)
+
+
+def async_worker(
+    limiter: RateLimiter, path: str, t0: float, end: float, tasks: int, weights: list[int]
+) -> None:
+    """``tasks`` tasks acquire until ``end``; each admission is recorded as "time weight"."""
+
+    async def task(i: int) -> None:
+        k = 0
+        while True:
+            n = weights[(i + k) % len(weights)]
+            k += 1
+            left = end - time.monotonic()
+            if left <= 0 or not await shared.acquire(n, timeout=left):
+                return
+            lines.append(f"{time.monotonic()!r} {n}")
+
+    async def main() -> None:
+        await anyio.sleep(max(0.0, t0 - time.monotonic()))
+        async with anyio.create_task_group() as tg:
+            for i in range(tasks):
+                tg.start_soon(task, i)
+
+    lines: list[str] = []
+    shared = AsyncRateLimiter(limiter)
+    anyio.run(main)
+    if lines:
+        record(path, "\n".join(lines))
+
+
+def sync_loop(limiter: RateLimiter, path: str, seconds: float) -> None:
+    """Acquire in a loop, recording each admission, until killed or ``seconds`` pass."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        if limiter.acquire(timeout=max(0.0, end - time.monotonic())):
+            record(path, f"{time.monotonic()!r} 1 {os.getpid()}")
+
+
+def acquire_times(limiter: RateLimiter | RedisRateLimiter, count: int, *tag: object) -> list[float]:
+    """Acquire ``count`` times; ``tag`` only tells identical submissions apart (Dask)."""
+    times = []
+    for _ in range(count):
+        assert limiter.acquire(timeout=30)
+        times.append(time.monotonic())
+    return times
+
+
+def stall_in_update(name: str, marker: str, where: str) -> None:
+    """Open the named limiter, then stall forever inside a state update (for SIGKILL).
+
+    ``compute``: after reading the state, before computing the new one; ``swap``: with the
+    new state computed, just before the compare-and-swap system call.
+    """
+    from procthrottle._rate import _limiter, _store
+
+    limiter = RateLimiter(50, name=name, burst=2)
+    limiter._cache = None  # read the shared state first, as a process that lost a race does
+
+    def stall() -> None:
+        record(marker, "in update")
+        time.sleep(60)
+
+    if where == "compute":
+        real_clock = _limiter._monotonic_ns
+
+        def slow_clock() -> int:
+            stall()
+            return real_clock()
+
+        _limiter._monotonic_ns = slow_clock
+    else:
+        real_semop = _store.semop
+
+        def slow_semop(*args: Any) -> Any:
+            stall()
+            return real_semop(*args)
+
+        _store.semop = slow_semop  # type: ignore[assignment]
+    limiter.acquire()
