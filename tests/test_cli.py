@@ -393,13 +393,41 @@ def test_a_directory_is_not_a_command(name: str, tmp_path: Path) -> None:
     assert "is a directory" in out.stderr
 
 
-def test_rate_is_parsed_and_reported_not_available_yet(name: str) -> None:
-    # The integrator wires procthrottle.RateLimiter into _names.rate_limiter: then this runs.
-    out = cli("run", "--name", name, "--rate", "600/min", "--", "true")
-    assert out.returncode in (0, 2)
-    if out.returncode == 2:
-        assert "not available yet" in out.stderr
-    no_traceback(out.stderr)
+def test_rate_spaces_the_commands_out_host_wide(name: str, tmp_path: Path) -> None:
+    """`--rate 5/s` from separate procthrottle processes: their turns come 0.2 s apart."""
+    stamps = tmp_path / "stamps"
+    record = [PYTHON, "-c", "import sys, time; open(sys.argv[1], 'a').write("
+              "f'{time.monotonic()}\\n')", str(stamps)]
+    runs = [subprocess.Popen([*CLI, "run", "--name", name, "--rate", "5/s", "--", *record],
+                             env=python_env(), stderr=subprocess.PIPE, text=True)
+            for _ in range(5)]
+    for run in runs:
+        _, err = run.communicate(timeout=30)
+        assert run.returncode == 0, err
+        no_traceback(err)
+    starts = sorted(float(line) for line in stamps.read_text().split())
+    assert len(starts) == 5
+    # GCRA with burst 1 grants slots 0.2 s apart (0.8 s from first to last); each command
+    # starts after its slot plus an interpreter's start-up, which varies on a loaded machine
+    assert starts[-1] - starts[0] >= 0.8 - 0.2, starts
+    from procthrottle._rate import _store
+
+    assert _store.unlink_named(f"{name}.rate")
+
+
+def test_rate_with_no_wait_gives_the_conflict_code(name: str) -> None:
+    first = cli("run", "--name", name, "--rate", "1/min", "--", "true")
+    assert first.returncode == 0, first.stderr
+    second = cli("run", "--name", name, "--rate", "1/min", "--no-wait", "-E", "75", "--", "true")
+    assert second.returncode == 75
+    assert second.stderr.strip() == "procthrottle: no turn under rate 1/min now (--no-wait)"
+    other = cli("run", "--name", name, "--rate", "2/min", "--no-wait", "--", "true")
+    assert other.returncode == 2, other.stderr
+    assert len(other.stderr.strip().splitlines()) == 1
+    no_traceback(other.stderr)
+    from procthrottle._rate import _store
+
+    assert _store.unlink_named(f"{name}.rate")
 
 
 def test_list_shows_this_users_semaphores(name: str) -> None:

@@ -52,19 +52,29 @@ def open_semaphore(name: str, limit: int | None, *, crash_safe: bool) -> Process
         raise CliError(f"cannot open semaphore {name!r}: {exc}", EXIT_FAILED) from None
 
 
+def rate_name(name: str) -> str:
+    """The rate limiter that ``run --name NAME --rate R`` shares: ``NAME.rate``.
+
+    A name is one object of one kind, so the semaphore NAME and its rate limiter cannot share
+    it; the suffix keeps both reachable from one ``--name``.
+    """
+    return f"{name}.rate"
+
+
 def rate_limiter(name: str, rate: str) -> Limiter:
-    """The host-wide rate limiter NAME admitting ``rate`` (``"10/s"``) for ``run --rate``."""
-    raise CliError(
-        f"--rate {rate} is not available yet in procthrottle {_version()}: "
-        "run without --rate, or upgrade procthrottle",
-        EXIT_USAGE,
-    )
+    """The host-wide rate limiter ``NAME.rate`` admitting ``rate`` (``"10/s"``) for ``run``."""
+    from .._rate import RateLimiter
 
-
-def _version() -> str:
-    from ._parser import version
-
-    return version()
+    try:
+        return RateLimiter(rate, name=rate_name(name))
+    except (ValueError, TypeError) as exc:  # a bad rate, or the name exists with other rates
+        raise CliError(f"--rate {rate}: {exc}", EXIT_USAGE) from None
+    except PermissionError as exc:
+        raise CliError(f"cannot open rate limiter {rate_name(name)!r}: {exc}",
+                       EXIT_FAILED) from None
+    except (OSError, ProcThrottleError, NotImplementedError) as exc:
+        raise CliError(f"cannot open rate limiter {rate_name(name)!r}: {exc}",
+                       EXIT_FAILED) from None
 
 
 def describe(name: str) -> list[NamedInfo]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import re
 from importlib import metadata
 from typing import NoReturn
 
@@ -38,10 +37,6 @@ came in time; 125 when procthrottle itself failed (e.g. the name was unlinked wh
 126 when the command cannot run; 127 when it is not found; 2 for bad arguments; 130 when
 interrupted while waiting. status and unlink exit 1 when there is no such name.
 """
-
-#: ``--rate`` units: seconds per unit.
-RATE_UNITS = {"s": 1.0, "min": 60.0, "h": 3600.0}
-_RATE_RE = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*/\s*(s|min|h)\s*")
 
 
 def version() -> str:
@@ -97,21 +92,14 @@ def _exit_code(value: str) -> int:
     return code
 
 
-def parse_rate(value: str) -> tuple[float, float]:
-    """``"600/min"`` -> ``(600.0, 60.0)``: how many acquisitions per how many seconds."""
-    match = _RATE_RE.fullmatch(value)
-    if match is None:
-        raise argparse.ArgumentTypeError(
-            f"rate must look like 10/s, 600/min or 5000/h, got {value!r}"
-        )
-    count = float(match.group(1))
-    if not count > 0 or math.isinf(count):
-        raise argparse.ArgumentTypeError(f"rate must be a positive number per unit, got {value!r}")
-    return count, RATE_UNITS[match.group(2)]
-
-
 def _rate(value: str) -> str:
-    parse_rate(value)
+    """``--rate``: checked by the rate limiter's own parser (one grammar everywhere)."""
+    from .._rate import parse_rate
+
+    try:
+        parse_rate(value)
+    except (TypeError, ValueError) as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
     return value.replace(" ", "")
 
 
