@@ -1,0 +1,94 @@
+"""Opening a name while another process unlinks it (and makes it anew): start over, never fail.
+
+Found by the soak: a process creating a name that another process was unlinking died of a bare
+`sysv_ipc.ExistentialError` or of "was unlinked" from the constructor. The window between
+finding the set and attaching to it is widened here by a pause patched into the child.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import textwrap
+import time
+
+import pytest
+
+from helpers import PYTHON, python_env, unique_name
+from procthrottle import ProcessSemaphore
+
+pytestmark = pytest.mark.skipif(not os.path.isdir("/proc/sysvipc"), reason="Linux only")
+
+CHILD = """
+    import sys, time
+    from pathlib import Path
+    from procthrottle import ProcessSemaphore
+    from procthrottle._kernel import _sysv
+
+    name, flag, go, how = sys.argv[1:5]
+    original = _sysv.open_or_create_named
+    calls = []
+
+    def found_then_wait(*args, **kwargs):
+        result = original(*args, **kwargs)
+        calls.append(result)
+        if len(calls) == 1:  # the window: found the set, not yet attached
+            Path(flag).touch()
+            while not Path(go).exists():
+                time.sleep(0.005)
+        return result
+
+    _sysv.open_or_create_named = found_then_wait
+    sem = ProcessSemaphore(2, name=name) if how == "create" else ProcessSemaphore.open(name)
+    assert sem.acquire(timeout=5)
+    print(len(calls), sem.value, flush=True)
+    sem.release()
+    sem.close()
+"""
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("how", ["create", "open"])
+@pytest.mark.parametrize("remake", [True, False], ids=["made-anew", "just-unlinked"])
+def test_a_name_unlinked_while_opening_is_looked_up_again(
+    tmp_path: os.PathLike[str], how: str, remake: bool
+) -> None:
+    name = unique_name()
+    first = ProcessSemaphore(2, name=name)
+    flag, go = os.path.join(tmp_path, "flag"), os.path.join(tmp_path, "go")
+    child = subprocess.Popen(
+        [PYTHON, "-c", textwrap.dedent(CHILD), name, flag, go, how],
+        env=python_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        for _ in range(2000):
+            if os.path.exists(flag) or child.poll() is not None:
+                break
+            time.sleep(0.005)
+        assert os.path.exists(flag), child.communicate()[1]
+        first.unlink()
+        first.close()
+        second = ProcessSemaphore(2, name=name) if remake else None
+        open(go, "w").close()
+        out, err = child.communicate(timeout=30)
+    finally:
+        child.kill()
+    if how == "open" and not remake:
+        # the name is gone for good: open() says so, as it would have without the race
+        assert child.returncode != 0
+        assert "FileNotFoundError" in err.strip().splitlines()[-1], err
+        return
+    assert child.returncode == 0, err
+    lookups, value_while_held = map(int, out.split())
+    assert lookups == 2  # it started over once
+    if second is not None:
+        # the child is on the set that has the name now: its permit shows here
+        assert value_while_held == 1
+        assert second.value == 2
+        second.unlink()
+        second.close()
+    else:
+        reopened = ProcessSemaphore.open(name)
+        assert reopened.value == 2
+        reopened.unlink()
+        reopened.close()
