@@ -54,6 +54,12 @@ _IF_UNUSED = _libc.ops((ATTACH, 0, _libc.IPC_NOWAIT))
 _held: dict[int, list[None]] = {}
 #: Every open handle of this process, attached or not (forked children reset them all).
 _handles: weakref.WeakSet[SysVSemaphore] = weakref.WeakSet()
+#: How often opening a name starts over because it was unlinked meanwhile.
+_REOPEN_TRIES = 20
+
+
+class _Vanished(Exception):
+    """The set found for a name was removed before we attached to it."""
 
 
 def _tokens(semid: int, *, fresh: bool = False) -> list[None]:
@@ -163,16 +169,33 @@ class SysVSemaphore(ProcessSemaphore):
             key, semid = create_anonymous(limit)
             self._setup(key, semid, limit, None, mode, created=True)
         else:
-            key, semid, limit, created = open_or_create_named(name, limit, mode)
-            self._setup(key, semid, limit, name, mode, created=created)
+            self._setup_named(name, limit, mode)
 
     @classmethod
     def _open_existing(cls, name: str, mode: int = DEFAULT_MODE) -> SysVSemaphore:
         """``ProcessSemaphore.open(name)``: the set must exist; its limit is read from it."""
-        key, semid, limit, _ = open_or_create_named(name, None, mode)
         self = object.__new__(cls)
-        self._setup(key, semid, limit, name, mode, created=False)
+        self._setup_named(name, None, mode)
         return self
+
+    def _setup_named(self, name: str, limit: int | None, mode: int) -> None:
+        """Open or create NAME; if it is unlinked while we attach, look it up again.
+
+        Between finding the set and attaching to it another process may unlink the name (and
+        perhaps create it anew): the set we found is gone, but the name is not, so we start
+        over rather than fail (or attach to a set that no longer has the name).
+        """
+        for _ in range(_REOPEN_TRIES):
+            key, semid, found_limit, created = open_or_create_named(name, limit, mode)
+            try:
+                self._setup(key, semid, found_limit, name, mode, created=created)
+                return
+            except _Vanished:
+                continue
+        raise SemaphoreClosedError(
+            f"the semaphore {name!r} was unlinked {_REOPEN_TRIES} times while this process "
+            "opened it: stop the program that keeps unlinking it, then open it again"
+        )
 
     @classmethod
     def _open_anonymous(cls, key: int, limit: int) -> SysVSemaphore:
@@ -189,7 +212,13 @@ class SysVSemaphore(ProcessSemaphore):
                 "use it, or give it a name="
             )
         self = object.__new__(cls)
-        self._setup(key, semid, limit, None, DEFAULT_MODE, created=False)
+        try:
+            self._setup(key, semid, limit, None, DEFAULT_MODE, created=False)
+        except _Vanished:
+            raise SemaphoreClosedError(
+                "this anonymous semaphore no longer exists: every process that used it closed "
+                "it or exited"
+            ) from None
         return self
 
     def _setup(
@@ -198,12 +227,20 @@ class SysVSemaphore(ProcessSemaphore):
         self._key, self._semid, self._limit, self._name, self._mode = key, semid, limit, name, mode
         self._held = _tokens(semid, fresh=created)
         self._finalizer = None
-        handle = sysv_ipc.Semaphore(key)
+        try:
+            handle = sysv_ipc.Semaphore(key)
+        except sysv_ipc.ExistentialError:
+            raise _Vanished from None  # unlinked since we found it
+        if handle.id != semid:  # unlinked and made anew since we found it
+            raise _Vanished
         handle.block, handle.undo = False, True
         self._handle = handle
         _handles.add(self)
         if not (created and name is None):  # a new anonymous set was attached as it was made
-            self._attach()
+            try:
+                self._attach()
+            except SemaphoreClosedError:
+                raise _Vanished from None
         else:
             self._register_finalizer()
 
