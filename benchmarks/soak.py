@@ -272,7 +272,7 @@ class Soak:
               outcomes: Counter[str], sysv_before: set[int],
               shm_before: set[str]) -> dict[str, Any]:
         intervals = _intervals(Path(self.log), self.kill_times)
-        peak = _max_overlap(intervals)
+        peak, witnesses = _max_overlap(intervals)
         starts = Counter(n for n, _ in _started(Path(self.starts)))
         completed_twice = [n for n, f in futures.items()
                            if not f.cancelled() and f.exception() is None and starts[n] != 1]
@@ -299,7 +299,7 @@ class Soak:
         }
         problems = []
         if peak > self.limit:
-            problems.append(f"{peak} holders at once at limit {self.limit}")
+            problems.append(f"{peak} holders at once at limit {self.limit}: {witnesses}")
         if value != self.limit:
             problems.append(f"value {value} after the run, limit {self.limit}")
         if sum(outcomes.values()) != len(futures):
@@ -318,28 +318,39 @@ class Soak:
         return summary
 
 
-def _intervals(log: Path, kill_times: dict[int, float]) -> list[tuple[float, float]]:
+Interval = tuple[float, float, str]  # start, end, "kind pid"
+
+
+def _intervals(log: Path, kill_times: dict[int, float]) -> list[Interval]:
     open_: dict[tuple[str, int], float] = {}
-    done: list[tuple[float, float]] = []
+    done: list[Interval] = []
     for line in log.read_text().splitlines():
         what, kind, pid, stamp = line.split()
         key = (kind, int(pid))
         if what == "start":
             open_[key] = float(stamp)
         elif key in open_:
-            done.append((open_.pop(key), float(stamp)))
-    for (_, pid), start in open_.items():  # killed while holding: held until the kill at least
-        done.append((start, max(start, kill_times.get(pid, start))))
+            done.append((open_.pop(key), float(stamp), f"{kind} {pid}"))
+    for (kind, pid), start in open_.items():  # killed while holding: held until the kill
+        done.append((start, max(start, kill_times.get(pid, start)), f"{kind} {pid} (killed)"))
     return done
 
 
-def _max_overlap(intervals: list[tuple[float, float]]) -> int:
-    events = sorted([(s, 1) for s, _ in intervals] + [(e, -1) for _, e in intervals])
-    peak = current = 0
-    for _, delta in events:
-        current += delta
-        peak = max(peak, current)
-    return peak
+def _max_overlap(intervals: list[Interval]) -> tuple[int, list[str]]:
+    """The most intervals open at one instant, and who they were the first time it happened."""
+    events = sorted([(s, 1, i) for i, (s, _, _) in enumerate(intervals)]
+                    + [(e, -1, i) for i, (_, e, _) in enumerate(intervals)])
+    peak, current, witnesses = 0, set(), []
+    for _, delta, i in events:
+        if delta > 0:
+            current.add(i)
+        else:
+            current.discard(i)
+        if len(current) > peak:
+            peak = len(current)
+            witnesses = [f"{intervals[j][2]}: {intervals[j][0]:.4f}-{intervals[j][1]:.4f}"
+                         for j in sorted(current)]
+    return peak, witnesses
 
 
 def _started(starts: Path) -> list[tuple[int, int]]:

@@ -146,10 +146,11 @@ def open_or_create_named(name: str, limit: int | None, mode: int) -> tuple[int, 
                 if limit is None:
                     raise _not_found(name)
                 continue  # removed since our semget: create it again
-            check_access(key_, semid, what, mode)
         else:
             created = True
         try:
+            if not created:
+                check_access(key_, semid, what, mode)
             found = None if created else _layout(semid)
             half_made = created or (found is not None and found[1] == 0)
             if limit is not None and half_made:
