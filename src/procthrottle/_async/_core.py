@@ -1,0 +1,336 @@
+"""The machinery behind `AsyncSemaphore`: a local gate and one shared waiter thread.
+
+There is one `Core` per wrapped semaphore object per process, shared by every `AsyncSemaphore`
+and every ``@throttle`` decoration over it (`core_for`), so however many adapters exist, one
+thread at most waits in the kernel for this process.
+
+* **The gate**: ``limit`` slots (tokens in a list: ``list.pop``/``append`` are atomic, so the
+  fast path takes no lock) and a FIFO of tasks waiting for one.
+* **The kernel queue**: tasks that hold a slot but found no free permit (other processes hold
+  them). The waiter thread blocks in the kernel *without a timeout* while anyone queues, so it
+  keeps its place in the kernel's own FIFO like any blocked thread; a permit it gets after
+  everyone left is handed back at once. Between waits it idles for `KEEPALIVE` seconds before
+  it exits, so a busy ping-pong does not start a thread per acquisition.
+* **Errors**: whatever the thread meets (the semaphore closed or unlinked, a backend error) is
+  handed to every task in the kernel queue, which raises it; the thread carries on, so the
+  adapter works again once the cause is gone.
+* **Cancellation** marks a waiter GONE in O(1); queues skip and compact GONE entries lazily.
+* **Offload**: a semaphore whose calls do network I/O (``RedisSemaphore``) is never called on
+  the loop's thread: the waiter thread polls it and makes its releases too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+import weakref
+from collections import deque
+from typing import Any, SupportsIndex
+
+import anyio
+
+from ._wakeup import FAILED, GONE, GRANTED, WAITING, Waiter, new_waiter
+
+log = logging.getLogger("procthrottle")
+
+#: Seconds the waiter thread stays alive, idle, after the last task it served.
+KEEPALIVE = 0.5
+#: Offloaded (network) semaphores: the waiter thread polls with a backoff up to this.
+MAX_POLL = 0.05
+_COMPACT_AT = 64
+_NO_SCOPE = contextlib.nullcontext()
+
+
+class _Ungated(list[None]):
+    """The slots of a semaphore whose limit is unknown: always one more."""
+
+    def pop(self, index: SupportsIndex = -1) -> None:
+        return None
+
+    def append(self, item: None) -> None:
+        return None
+
+
+class Core:
+    """Gate, kernel queue and waiter thread of one wrapped semaphore in this process."""
+
+    def __init__(self, sem: Any, limit: int | None, *, offload: bool) -> None:
+        self.sem = sem
+        self.limit = limit
+        self.try_acquire = sem.acquire
+        self.kernel_release = sem.release
+        #: False: never call the semaphore on the loop's thread (no fast path).
+        self.fast = not offload
+        self.reset()
+
+    def reset(self) -> None:
+        """Fresh state (also in a forked child, where no thread survived)."""
+        self.lock = threading.Lock()
+        self.cond = threading.Condition(self.lock)
+        self.slots: list[None] = [None] * self.limit if self.limit else _Ungated()
+        self.gate: deque[Waiter] = deque()
+        self.gate_gone = 0
+        self.queue: deque[Waiter] = deque()
+        self.queue_gone = 0
+        self.thread: threading.Thread | None = None
+        self.idle = False
+        self.releases = 0  # offload: releases the thread still has to make
+        self.starts = 0  # waiter threads started (for tests)
+
+    # -- the gate ------------------------------------------------------------------------------
+    def return_slot(self) -> None:
+        self.slots.append(None)
+        if self.gate:  # checked after the append: see wait_for_slot
+            self.dispatch()
+
+    def dispatch(self) -> None:
+        """Hand free slots to queued tasks, first come first served; skip dead loops."""
+        lock, slots = self.lock, self.slots
+        while True:
+            with lock:
+                gate = self.gate
+                while gate and gate[0].state != WAITING:
+                    gate.popleft()
+                    self.gate_gone -= 1
+                if not gate:
+                    return
+                try:
+                    slots.pop()
+                except IndexError:
+                    return
+                waiter = gate.popleft()
+                waiter.state = GRANTED
+            if not waiter.wake():  # its loop is closed: the slot goes to the next one
+                slots.append(None)
+
+    async def wait_for_slot(self) -> bool:
+        """Take a slot; True if that meant waiting (the task yielded)."""
+        waiter = new_waiter()
+        with self.lock:
+            # A release returns its slot without the lock, then looks at the gate. So look for a
+            # slot both before and after queueing: either we see the slot, or it sees us.
+            try:
+                self.slots.pop()
+                return False
+            except IndexError:
+                self.gate.append(waiter)
+            try:
+                self.slots.pop()
+            except IndexError:
+                pass
+            else:
+                self.gate.pop()  # we are last: only this lock's holders append
+                return False
+        try:
+            await waiter.wait()
+        except BaseException:
+            if self.withdraw(waiter, True) == GRANTED:
+                self.return_slot()  # granted as we were cancelled: pass it on
+            raise
+        return True
+
+    # -- the kernel queue ------------------------------------------------------------------
+    async def wait_for_kernel(self) -> None:
+        """Queue up for a kernel permit from the waiter thread."""
+        waiter = new_waiter()
+        with self.lock:
+            self.queue.append(waiter)
+            try:
+                self._ensure_thread()
+            except BaseException:
+                self.queue.pop()  # we are last: only this lock's holders append
+                raise
+        try:
+            await waiter.wait()
+        except BaseException:
+            if self.withdraw(waiter, False) == GRANTED:
+                self.release_permit()  # granted as we were cancelled: pass it on
+            raise
+        if waiter.state == FAILED:
+            waiter.raise_error()
+
+    def withdraw(self, waiter: Waiter, in_gate: bool) -> int:
+        """Leave a queue after a cancellation, in O(1); returns the state it had."""
+        with self.lock:
+            state = waiter.state
+            if state != WAITING:
+                return state
+            waiter.state = GONE
+            if in_gate:
+                self.gate_gone += 1
+                if self.gate_gone > _COMPACT_AT and 2 * self.gate_gone > len(self.gate):
+                    self.gate = deque(w for w in self.gate if w.state == WAITING)
+                    self.gate_gone = 0
+            else:
+                self.queue_gone += 1
+                if self.queue_gone > _COMPACT_AT and 2 * self.queue_gone > len(self.queue):
+                    self.queue = deque(w for w in self.queue if w.state == WAITING)
+                    self.queue_gone = 0
+            return WAITING
+
+    def release_permit(self) -> None:
+        """Return one kernel permit: here, or through the thread for an offloaded semaphore."""
+        if self.fast:
+            self.kernel_release()
+            return
+        with self.lock:
+            self.releases += 1
+            try:
+                self._ensure_thread()
+                return
+            except BaseException:
+                self.releases -= 1
+        self.kernel_release()  # no thread to be had: better late on this thread than never
+
+    async def wait(self, slot: bool, timeout: float | None) -> int:
+        """The slow path of acquire: a slot (unless ``slot``), then a kernel permit.
+
+        Returns 0 (timed out), 1 (acquired without yielding) or 2 (acquired after waiting).
+        """
+        if timeout is not None and timeout <= 0:
+            if slot:
+                self.return_slot()
+            return 0
+        # No cancel scope without a timeout: it would cost more than the whole wait.
+        with _NO_SCOPE if timeout is None else anyio.move_on_after(timeout):
+            waited = False if slot else await self.wait_for_slot()
+            try:
+                if not (self.fast and self.try_acquire(False)):
+                    await self.wait_for_kernel()
+                    waited = True
+            except BaseException:
+                self.return_slot()
+                raise
+            return 2 if waited else 1
+        return 0  # timed out (the caller's own cancellation propagates instead)
+
+    # -- the waiter thread -----------------------------------------------------------------
+    def _ensure_thread(self) -> None:
+        """Under the lock: wake the waiter thread, or start it if there is none."""
+        if self.thread is not None:
+            if self.idle:
+                self.cond.notify()
+            return
+        thread = threading.Thread(target=self._serve, name="procthrottle-waiter", daemon=True)
+        thread.start()  # raises (e.g. RuntimeError under a pids limit): nothing recorded
+        self.thread = thread
+        self.starts += 1
+
+    def _next_waiter(self) -> Waiter | None:
+        """Under the lock: the first task still waiting for a permit, removed from the queue."""
+        queue = self.queue
+        while queue:
+            waiter = queue.popleft()
+            if waiter.state == WAITING:
+                return waiter
+            self.queue_gone -= 1
+        return None
+
+    def _has_work(self) -> bool:
+        queue = self.queue
+        while queue and queue[0].state != WAITING:
+            queue.popleft()
+            self.queue_gone -= 1
+        return bool(queue) or self.releases > 0
+
+    def _serve(self) -> None:
+        try:
+            self._serve_forever()
+        except BaseException as exc:  # a bug or an interpreter in shutdown: do not strand anyone
+            with self.lock:
+                if self.thread is threading.current_thread():
+                    self.thread = None
+            self._fail(exc)
+
+    def _serve_forever(self) -> None:
+        delay = 0.001
+        while True:
+            with self.lock:
+                while not self._has_work():
+                    self.idle = True
+                    woken = self.cond.wait(KEEPALIVE)
+                    self.idle = False
+                    if not woken and not self._has_work():
+                        self.thread = None
+                        return
+                releases, self.releases = self.releases, 0
+            for _ in range(releases):
+                try:
+                    self.kernel_release()
+                except Exception as exc:
+                    log.warning("could not release a permit of %r: %s", self.sem, exc)
+            with self.lock:
+                if not self.queue:
+                    continue
+            try:
+                # Fair: no timeout, so this thread keeps its place in the kernel's queue.
+                got = self.try_acquire(True, None) if self.fast else self.try_acquire(False)
+            except BaseException as exc:
+                self._fail(exc)
+                continue
+            if not got:  # an offloaded semaphore is busy: poll again soon
+                with self.lock:
+                    if not self.releases:
+                        self.cond.wait(delay)
+                delay = min(delay * 1.5, MAX_POLL)
+                continue
+            delay = 0.001
+            self._grant()
+
+    def _grant(self) -> None:
+        """Hand the permit the thread got to the first task still waiting, or give it back."""
+        while True:
+            with self.lock:
+                waiter = self._next_waiter()
+                if waiter is not None:
+                    waiter.state = GRANTED
+            if waiter is None:  # everyone left meanwhile: hand it back
+                try:
+                    self.kernel_release()
+                except Exception as exc:
+                    log.warning("could not release a permit of %r: %s", self.sem, exc)
+                return
+            if waiter.wake():
+                return
+            # its loop is closed: try the next task
+
+    def _fail(self, exc: BaseException) -> None:
+        """Deliver the thread's error to every task waiting for a permit."""
+        with self.lock:
+            failed = [w for w in self.queue if w.state == WAITING]
+            self.queue.clear()
+            self.queue_gone = 0
+            for waiter in failed:
+                waiter.state = FAILED
+                waiter.error = exc
+        for waiter in failed:
+            waiter.wake()
+
+
+# By id(): a core holds its semaphore, so the id cannot be reused while the core lives, and
+# the core lives as long as an adapter (or its thread) uses it.
+_cores: weakref.WeakValueDictionary[int, Core] = weakref.WeakValueDictionary()
+_cores_lock = threading.Lock()
+
+
+def core_for(sem: Any, limit: int | None) -> Core:
+    """The one core of ``sem`` in this process, shared by every adapter over it."""
+    with _cores_lock:
+        core = _cores.get(id(sem))
+        if core is None:
+            offload = bool(getattr(sem, "_procthrottle_offload", False))
+            core = _cores[id(sem)] = Core(sem, limit, offload=offload)
+        return core
+
+
+def _after_fork_in_child() -> None:
+    global _cores_lock
+    _cores_lock = threading.Lock()
+    for core in list(_cores.values()):
+        core.reset()
+
+
+if hasattr(os, "register_at_fork"):  # POSIX; Windows has no fork
+    os.register_at_fork(after_in_child=_after_fork_in_child)
