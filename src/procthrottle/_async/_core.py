@@ -21,12 +21,12 @@ thread at most waits in the kernel for this process.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import threading
 import weakref
 from collections import deque
+from collections.abc import Callable
 from typing import Any, SupportsIndex
 
 import anyio
@@ -40,7 +40,6 @@ KEEPALIVE = 0.5
 #: Offloaded (network) semaphores: the waiter thread polls with a backoff up to this.
 MAX_POLL = 0.05
 _COMPACT_AT = 64
-_NO_SCOPE = contextlib.nullcontext()
 
 
 class _Ungated(list[None]):
@@ -63,6 +62,9 @@ class Core:
         self.kernel_release = sem.release
         #: False: never call the semaphore on the loop's thread (no fast path).
         self.fast = not offload
+        #: How many threads of any process are blocked in the kernel for a permit, if the
+        #: kernel can tell (None: it cannot, so permits always go back to the kernel).
+        self.blocked = kernel_waiters_counter(sem)
         self.reset()
 
     def reset(self) -> None:
@@ -82,7 +84,7 @@ class Core:
     # -- the gate ------------------------------------------------------------------------------
     def return_slot(self) -> None:
         self.slots.append(None)
-        if self.gate:  # checked after the append: see wait_for_slot
+        if self.gate:  # checked after the append: see acquire_slow
             self.dispatch()
 
     def dispatch(self) -> None:
@@ -94,44 +96,98 @@ class Core:
                 while gate and gate[0].state != WAITING:
                     gate.popleft()
                     self.gate_gone -= 1
-                if not gate:
+                if not gate or not slots:
                     return
                 try:
                     slots.pop()
-                except IndexError:
+                except IndexError:  # a fast path on another thread took it
                     return
                 waiter = gate.popleft()
                 waiter.state = GRANTED
             if not waiter.wake():  # its loop is closed: the slot goes to the next one
                 slots.append(None)
 
-    async def wait_for_slot(self) -> bool:
-        """Take a slot; True if that meant waiting (the task yielded)."""
-        waiter = new_waiter()
-        with self.lock:
-            # A release returns its slot without the lock, then looks at the gate. So look for a
-            # slot both before and after queueing: either we see the slot, or it sees us.
-            try:
-                self.slots.pop()
-                return False
-            except IndexError:
-                self.gate.append(waiter)
-            try:
-                self.slots.pop()
-            except IndexError:
-                pass
-            else:
-                self.gate.pop()  # we are last: only this lock's holders append
-                return False
-        try:
-            await waiter.wait()
-        except BaseException:
-            if self.withdraw(waiter, True) == GRANTED:
-                self.return_slot()  # granted as we were cancelled: pass it on
-            raise
-        return True
+    def release(self) -> None:
+        """Give back a permit and its slot (`AsyncSemaphore.release`)."""
+        if self.gate and self.blocked is not None and self._hand_over():
+            return
+        if self.fast:
+            self.kernel_release()
+        else:
+            self.release_permit()
+        self.return_slot()
 
-    # -- the kernel queue ------------------------------------------------------------------
+    def _hand_over(self) -> bool:
+        """If no thread of any process is blocked in the kernel for a permit, give ours (with
+        its slot) straight to the next task of this process: nobody else queues for it, and it
+        saves a kernel release and acquire. Whoever blocks meanwhile is served next time."""
+        blocked = self.blocked
+        while True:
+            if blocked is None or blocked(self.sem) != 0:
+                return False
+            with self.lock:
+                gate = self.gate
+                while gate and gate[0].state != WAITING:
+                    gate.popleft()
+                    self.gate_gone -= 1
+                if not gate:
+                    return False
+                waiter = gate.popleft()
+                waiter.state = GRANTED
+                waiter.permit = True
+            if waiter.wake():
+                return True
+            # its loop is closed: try the next task
+
+    async def acquire_slow(self, slot: bool) -> int:
+        """The slow path of acquire: a slot (unless ``slot``), then a kernel permit.
+
+        Returns 1 (acquired without yielding) or 2 (acquired after waiting).
+        """
+        waited = False
+        if not slot:
+            waiter = None
+            with self.lock:
+                # A release returns its slot without the lock, then looks at the gate. So look
+                # for a slot both before and after queueing: either we see it, or it sees us.
+                slots = self.slots
+                try:
+                    if not slots:
+                        raise IndexError
+                    slots.pop()
+                except IndexError:
+                    waiter = new_waiter()
+                    self.gate.append(waiter)
+                    if slots:
+                        try:
+                            slots.pop()
+                        except IndexError:
+                            pass
+                        else:
+                            self.gate.pop()  # we are last: only this lock's holders append
+                            waiter = None
+            if waiter is not None:
+                try:
+                    await waiter.wait()
+                except BaseException:
+                    if self.withdraw(waiter, True) == GRANTED:  # granted as we were cancelled
+                        if waiter.permit:
+                            self.release()
+                        else:
+                            self.return_slot()
+                    raise
+                if waiter.permit:  # handed over with a kernel permit
+                    return 2
+                waited = True
+        try:
+            if not (self.fast and self.try_acquire(False)):
+                await self.wait_for_kernel()
+                waited = True
+        except BaseException:
+            self.return_slot()
+            raise
+        return 2 if waited else 1
+
     async def wait_for_kernel(self) -> None:
         """Queue up for a kernel permit from the waiter thread."""
         waiter = new_waiter()
@@ -185,25 +241,15 @@ class Core:
         self.kernel_release()  # no thread to be had: better late on this thread than never
 
     async def wait(self, slot: bool, timeout: float | None) -> int:
-        """The slow path of acquire: a slot (unless ``slot``), then a kernel permit.
-
-        Returns 0 (timed out), 1 (acquired without yielding) or 2 (acquired after waiting).
-        """
-        if timeout is not None and timeout <= 0:
+        """`acquire_slow` within ``timeout``; 0 if it passed first."""
+        if timeout is None:
+            return await self.acquire_slow(slot)
+        if timeout <= 0:
             if slot:
                 self.return_slot()
             return 0
-        # No cancel scope without a timeout: it would cost more than the whole wait.
-        with _NO_SCOPE if timeout is None else anyio.move_on_after(timeout):
-            waited = False if slot else await self.wait_for_slot()
-            try:
-                if not (self.fast and self.try_acquire(False)):
-                    await self.wait_for_kernel()
-                    waited = True
-            except BaseException:
-                self.return_slot()
-                raise
-            return 2 if waited else 1
+        with anyio.move_on_after(timeout):
+            return await self.acquire_slow(slot)
         return 0  # timed out (the caller's own cancellation propagates instead)
 
     # -- the waiter thread -----------------------------------------------------------------
@@ -311,6 +357,36 @@ class Core:
 
 # By id(): a core holds its semaphore, so the id cannot be reused while the core lives, and
 # the core lives as long as an adapter (or its thread) uses it.
+def _sysv_blocked(sem: Any) -> int:
+    """Threads blocked for a permit of a crash-safe (System V) semaphore: GETNCNT, one
+    ``semctl``, cheaper than the release and acquire a hand-over saves. -1 if unknown."""
+    handle: Any = getattr(sem, "_handle", None)
+    if handle.__class__ is not _SysVHandle:  # closed, or not yet attached after a fork
+        return -1
+    try:
+        return int(handle.waiting_for_nonzero)
+    except Exception:
+        return -1
+
+
+def kernel_waiters_counter(sem: Any) -> Callable[[Any], int] | None:
+    """A function counting the threads blocked in ``sem``'s kernel, or None."""
+    counter = getattr(sem, "_blocked_waiters", None)  # a kernel that says it itself
+    if callable(counter):
+        return lambda s: int(s._blocked_waiters())
+    if _SysVHandle is not None and hasattr(sem, "_handle") and sem.crash_safe is True:
+        return _sysv_blocked
+    return None
+
+
+try:  # the crash-safe kernel's handle type (not on Windows)
+    import sysv_ipc
+
+    _SysVHandle: Any = sysv_ipc.Semaphore
+except ImportError:  # pragma: no cover
+    _SysVHandle = None
+
+
 _cores: weakref.WeakValueDictionary[int, Core] = weakref.WeakValueDictionary()
 _cores_lock = threading.Lock()
 

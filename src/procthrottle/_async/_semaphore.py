@@ -155,7 +155,11 @@ class AsyncSemaphore:
                 except BaseException:
                     core.return_slot()
                     raise
+                if timeout is None:
+                    return await core.acquire_slow(True) > 0
                 return await core.wait(True, timeout) > 0
+        if timeout is None:
+            return await core.acquire_slow(False) > 0
         return await core.wait(False, timeout) > 0
 
     async def _acquire_on_trio(self, timeout: float | None) -> bool:
@@ -189,12 +193,7 @@ class AsyncSemaphore:
         The kernel permit goes back to the kernel first, so waiters in other processes get
         their turn; the local slot then goes to the next task of this process.
         """
-        core = self._core
-        if core.fast:
-            core.kernel_release()
-        else:
-            core.release_permit()
-        core.return_slot()
+        self._core.release()
 
     async def __aenter__(self) -> Self:
         await self.acquire()

@@ -19,6 +19,8 @@ import sniffio
 WAITING, GRANTED, GONE, FAILED = 0, 1, 2, 3
 
 _sniffed = sniffio.thread_local
+_get_ident = threading.get_ident
+_get_running_loop = asyncio.get_running_loop
 
 
 def on_trio() -> bool:
@@ -35,12 +37,17 @@ class Waiter:
     can never both win.
     """
 
-    __slots__ = ("error", "state", "thread")
+    __slots__ = ("error", "permit", "state", "thread")
+
+    error: BaseException | None
+    #: Granted a slot *with* a kernel permit (handed over by a release): no kernel call to make.
+    permit: bool
 
     def __init__(self) -> None:
         self.state = WAITING
         self.thread = threading.get_ident()
-        self.error: BaseException | None = None
+        self.error = None
+        self.permit = False
 
     def wait(self) -> Awaitable[Any]:
         raise NotImplementedError  # pragma: no cover
@@ -69,10 +76,15 @@ def _resolve(future: asyncio.Future[None]) -> None:
 class AsyncioWaiter(Waiter):
     __slots__ = ("future", "loop")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        super().__init__()
+    future: asyncio.Future[None]
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:  # hot: no super() call
+        self.state = WAITING
+        self.thread = _get_ident()
+        self.error = None
+        self.permit = False
         self.loop = loop
-        self.future: asyncio.Future[None] = loop.create_future()
+        self.future = loop.create_future()
 
     def wait(self) -> Awaitable[Any]:
         return self.future
@@ -81,7 +93,7 @@ class AsyncioWaiter(Waiter):
         loop = self.loop
         if loop.is_closed():
             return False
-        if threading.get_ident() == self.thread:
+        if _get_ident() == self.thread:
             _resolve(self.future)
             return True
         try:
@@ -127,7 +139,7 @@ def new_waiter() -> Waiter:
     if _sniffed.name == "trio":
         return TrioWaiter()
     try:
-        loop = asyncio.get_running_loop()
+        loop = _get_running_loop()
     except RuntimeError:
         if sniffio.current_async_library() == "trio":
             return TrioWaiter()
