@@ -79,6 +79,7 @@ class Core:
         self.thread: threading.Thread | None = None
         self.idle = False
         self.releases = 0  # offload: releases the thread still has to make
+        self.poll_delay = 0.001
         self.starts = 0  # waiter threads started (for tests)
 
     # -- the gate ------------------------------------------------------------------------------
@@ -259,7 +260,9 @@ class Core:
             if self.idle:
                 self.cond.notify()
             return
-        thread = threading.Thread(target=self._serve, name="procthrottle-waiter", daemon=True)
+        thread = threading.Thread(
+            target=_serve, args=(weakref.ref(self),), name="procthrottle-waiter", daemon=True
+        )
         thread.start()  # raises (e.g. RuntimeError under a pids limit): nothing recorded
         self.thread = thread
         self.starts += 1
@@ -281,49 +284,35 @@ class Core:
             self.queue_gone -= 1
         return bool(queue) or self.releases > 0
 
-    def _serve(self) -> None:
-        try:
-            self._serve_forever()
-        except BaseException as exc:  # a bug or an interpreter in shutdown: do not strand anyone
-            with self.lock:
-                if self.thread is threading.current_thread():
-                    self.thread = None
-            self._fail(exc)
-
-    def _serve_forever(self) -> None:
-        delay = 0.001
-        while True:
-            with self.lock:
-                while not self._has_work():
-                    self.idle = True
-                    woken = self.cond.wait(KEEPALIVE)
-                    self.idle = False
-                    if not woken and not self._has_work():
-                        self.thread = None
-                        return
-                releases, self.releases = self.releases, 0
-            for _ in range(releases):
-                try:
-                    self.kernel_release()
-                except Exception as exc:
-                    log.warning("could not release a permit of %r: %s", self.sem, exc)
-            with self.lock:
-                if not self.queue:
-                    continue
+    def _serve_once(self) -> bool:
+        """One round of the waiter thread; False when there is nothing to do."""
+        with self.lock:
+            if not self._has_work():
+                return False
+            releases, self.releases = self.releases, 0
+        for _ in range(releases):
             try:
-                # Fair: no timeout, so this thread keeps its place in the kernel's queue.
-                got = self.try_acquire(True, None) if self.fast else self.try_acquire(False)
-            except BaseException as exc:
-                self._fail(exc)
-                continue
-            if not got:  # an offloaded semaphore is busy: poll again soon
-                with self.lock:
-                    if not self.releases:
-                        self.cond.wait(delay)
-                delay = min(delay * 1.5, MAX_POLL)
-                continue
-            delay = 0.001
-            self._grant()
+                self.kernel_release()
+            except Exception as exc:
+                log.warning("could not release a permit of %r: %s", self.sem, exc)
+        with self.lock:
+            if not self.queue:
+                return True
+        try:
+            # Fair: no timeout, so this thread keeps its place in the kernel's queue.
+            got = self.try_acquire(True, None) if self.fast else self.try_acquire(False)
+        except BaseException as exc:
+            self._fail(exc)
+            return True
+        if not got:  # an offloaded semaphore is busy: poll again soon
+            with self.lock:
+                if not self.releases:
+                    self.cond.wait(self.poll_delay)
+            self.poll_delay = min(self.poll_delay * 1.5, MAX_POLL)
+            return True
+        self.poll_delay = 0.001
+        self._grant()
+        return True
 
     def _grant(self) -> None:
         """Hand the permit the thread got to the first task still waiting, or give it back."""
@@ -357,6 +346,36 @@ class Core:
 
 # By id(): a core holds its semaphore, so the id cannot be reused while the core lives, and
 # the core lives as long as an adapter (or its thread) uses it.
+def _serve(ref: weakref.ref[Core]) -> None:
+    """The waiter thread. While idle it holds its core only weakly, so an unused semaphore
+    (and its kernel object) can go away without waiting for the thread to time out."""
+    core = ref()
+    try:
+        while core is not None:
+            if core._serve_once():
+                continue
+            cond = core.cond
+            with cond:
+                if core._has_work():
+                    continue
+                core.idle = True
+                core = None
+                woken = cond.wait(KEEPALIVE)
+                core = ref()
+                if core is None:
+                    return
+                core.idle = False
+                if not woken and not core._has_work():
+                    core.thread = None
+                    return
+    except BaseException as exc:  # a bug, or the interpreter shutting down: strand nobody
+        if core is not None:
+            with core.lock:
+                if core.thread is threading.current_thread():
+                    core.thread = None
+            core._fail(exc)
+
+
 def _sysv_blocked(sem: Any) -> int:
     """Threads blocked for a permit of a crash-safe (System V) semaphore: GETNCNT, one
     ``semctl``, cheaper than the release and acquire a hand-over saves. -1 if unknown."""
