@@ -106,6 +106,7 @@ class Core:
                 waiter = gate.popleft()
                 waiter.state = GRANTED
             if not waiter.wake():  # its loop is closed: the slot goes to the next one
+                self._forget(waiter)
                 slots.append(None)
 
     def release(self) -> None:
@@ -138,7 +139,7 @@ class Core:
                 waiter.permit = True
             if waiter.wake():
                 return True
-            # its loop is closed: try the next task
+            self._forget(waiter)  # its loop is closed: try the next task
 
     async def acquire_slow(self, slot: bool) -> int:
         """The slow path of acquire: a slot (unless ``slot``), then a kernel permit.
@@ -207,6 +208,13 @@ class Core:
             raise
         if waiter.state == FAILED:
             waiter.raise_error()
+
+    def _forget(self, waiter: Waiter) -> None:
+        """A granted waiter whose loop is gone: if its coroutine is ever closed, it must not
+        pass on the grant a second time."""
+        with self.lock:
+            waiter.state = GONE
+            waiter.permit = False
 
     def withdraw(self, waiter: Waiter, in_gate: bool) -> int:
         """Leave a queue after a cancellation, in O(1); returns the state it had."""
@@ -329,7 +337,10 @@ class Core:
                 return
             if waiter.wake():
                 return
-            # its loop is closed: try the next task
+            # its loop is closed: it will never return the slot it holds, so do it for it, and
+            # try the next task with the permit
+            self._forget(waiter)
+            self.return_slot()
 
     def _fail(self, exc: BaseException) -> None:
         """Deliver the thread's error to every task waiting for a permit."""
@@ -341,7 +352,8 @@ class Core:
                 waiter.state = FAILED
                 waiter.error = exc
         for waiter in failed:
-            waiter.wake()
+            if not waiter.wake():  # its loop is closed: return the slot it holds for it
+                self.return_slot()
 
 
 # By id(): a core holds its semaphore, so the id cannot be reused while the core lives, and
