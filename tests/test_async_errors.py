@@ -183,7 +183,8 @@ async def test_waiter_thread_error_reaches_the_tasks_and_recovers() -> None:
             assert await asem.acquire()
     asem.release()
     flaky.sem.release()
-    assert flaky.sem.acquire(False) and flaky.sem.acquire(False)
+    assert flaky.sem.acquire(False)
+    assert flaky.sem.acquire(False)
 
 
 def test_waiters_of_a_closed_loop_are_skipped() -> None:
@@ -217,9 +218,10 @@ def test_kernel_waiters_of_a_closed_loop_are_skipped() -> None:
     asem = AsyncSemaphore(sem)
     child = hold(name, 0.5)
     loop = asyncio.new_event_loop()
+    tasks = []
 
     async def queue() -> None:
-        loop.create_task(asem.acquire())
+        tasks.append(loop.create_task(asem.acquire()))
         await asyncio.sleep(0.1)  # it waits in the kernel, through the thread
 
     loop.run_until_complete(queue())

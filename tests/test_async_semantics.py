@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import subprocess
-import sys
 import textwrap
 import threading
 import time
@@ -206,7 +205,7 @@ def _ping_pong(name: str, me: int, rounds: int, turn: Any, out: Any) -> None:
 
 @pytest.mark.timeout(120)
 def test_ping_pong_does_not_start_a_thread_per_acquisition() -> None:
-    ctx = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
+    ctx = multiprocessing.get_context("spawn")
     name = unique_name()
     sem = ProcessSemaphore(1, name=name)
     turn, out = ctx.Value("i", 0, lock=False), ctx.Queue()
