@@ -218,3 +218,47 @@ def test_ping_pong_does_not_start_a_thread_per_acquisition() -> None:
         assert p.exitcode == 0
     sem.unlink()
     assert max(starts) <= 5, starts  # 300 acquisitions each, most through the thread
+
+
+def _use_after_fork(asem: AsyncSemaphore, out: Any) -> None:
+    async def main() -> bool:
+        sem = asem.semaphore
+        assert isinstance(sem, ProcessSemaphore)
+        sem.acquire()  # held: the task must wait through a (new) waiter thread
+
+        async def release_soon() -> None:
+            await asyncio.sleep(0.05)
+            sem.release()
+
+        helper = asyncio.create_task(release_soon())
+        got = await asem.acquire(timeout=5)
+        await helper
+        asem.release()
+        return got
+
+    out.put(asyncio.run(main()))
+
+
+@pytest.mark.timeout(60)
+def test_forked_child_gets_a_fresh_waiter_thread() -> None:
+    """The parent's waiter thread (and its lock) do not survive fork: the child starts over."""
+    sem = ProcessSemaphore(1)
+    asem = AsyncSemaphore(sem)
+
+    async def parent() -> None:  # leave the parent's thread alive, idle, mid-keepalive
+        sem.acquire()
+        waiting = asyncio.create_task(asem.acquire())
+        await asyncio.sleep(0.05)
+        sem.release()
+        assert await waiting
+        asem.release()
+
+    asyncio.run(parent())
+    assert waiter_threads() >= 1
+    ctx = multiprocessing.get_context("fork")
+    out = ctx.Queue()
+    child = ctx.Process(target=_use_after_fork, args=(asem, out))
+    child.start()
+    assert out.get(timeout=30) is True
+    child.join(10)
+    assert child.exitcode == 0
