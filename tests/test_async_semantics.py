@@ -262,3 +262,29 @@ def test_forked_child_gets_a_fresh_waiter_thread() -> None:
     assert out.get(timeout=30) is True
     child.join(10)
     assert child.exitcode == 0
+
+
+def test_hand_over_never_releases_more_than_was_acquired() -> None:
+    """A release hands its permit to the next local task only if an adapter took it: a release
+    too many still reaches the kernel, which refuses it."""
+    sem = ProcessSemaphore(1)
+    asem = AsyncSemaphore(sem)
+
+    async def main() -> None:
+        assert await asem.acquire()
+        queued = asyncio.create_task(asem.acquire())
+        await asyncio.sleep(0.01)
+        asem.release()  # handed over: nobody blocks in the kernel
+        assert await queued
+        assert sem.value == 0
+        asem.release()
+        with pytest.raises(ValueError, match="limit"):
+            asem.release()
+        assert sem.value == 1
+        sem.acquire()  # taken without the adapter: the adapter may still release it
+        asem.release()
+        assert sem.value == 1
+        assert await asem.acquire(timeout=1)
+        asem.release()
+
+    asyncio.run(main())

@@ -72,6 +72,9 @@ class Core:
         self.lock = threading.Lock()
         self.cond = threading.Condition(self.lock)
         self.slots: list[None] = [None] * self.limit if self.limit else _Ungated()
+        #: One token per permit taken through an adapter of this core and not yet released:
+        #: only those may be handed over without asking the kernel.
+        self.held: list[None] = []
         self.gate: deque[Waiter] = deque()
         self.gate_gone = 0
         self.queue: deque[Waiter] = deque()
@@ -111,12 +114,24 @@ class Core:
 
     def release(self) -> None:
         """Give back a permit and its slot (`AsyncSemaphore.release`)."""
-        if self.gate and self.blocked is not None and self._hand_over():
-            return
-        if self.fast:
-            self.kernel_release()
+        held = self.held
+        try:
+            held.pop()
+        except IndexError:  # not acquired through an adapter: only the kernel may judge it
+            mine = False
         else:
-            self.release_permit()
+            mine = True
+            if self.gate and self.blocked is not None and self._hand_over():
+                return
+        try:
+            if self.fast:
+                self.kernel_release()
+            else:
+                self.release_permit()
+        except BaseException:
+            if mine:
+                held.append(None)
+            raise
         self.return_slot()
 
     def _hand_over(self) -> bool:
@@ -179,6 +194,7 @@ class Core:
                             self.return_slot()
                     raise
                 if waiter.permit:  # handed over with a kernel permit
+                    self.held.append(None)
                     return 2
                 waited = True
         try:
@@ -188,6 +204,7 @@ class Core:
         except BaseException:
             self.return_slot()
             raise
+        self.held.append(None)
         return 2 if waited else 1
 
     async def wait_for_kernel(self) -> None:

@@ -151,6 +151,7 @@ class AsyncSemaphore:
             else:
                 try:
                     if core.try_acquire(False):
+                        core.held.append(None)
                         return True
                 except BaseException:
                     core.return_slot()
@@ -180,6 +181,7 @@ class AsyncSemaphore:
                     core.return_slot()
                     raise
                 if got:
+                    core.held.append(None)
                     await lowlevel.cancel_shielded_checkpoint()
                     return True
         got = await core.wait(slot, timeout)
