@@ -21,24 +21,18 @@ thread at most waits in the kernel for this process.
 
 from __future__ import annotations
 
-import logging
 import os
 import threading
 import weakref
 from collections import deque
-from collections.abc import Callable
 from typing import Any, SupportsIndex
 
 import anyio
 
+from ._kernel_peek import kernel_waiters_counter
+from ._waiter_thread import WaiterThread
 from ._wakeup import FAILED, GONE, GRANTED, WAITING, Waiter, new_waiter
 
-log = logging.getLogger("procthrottle")
-
-#: Seconds the waiter thread stays alive, idle, after the last task it served.
-KEEPALIVE = 0.5
-#: Offloaded (network) semaphores: the waiter thread polls with a backoff up to this.
-MAX_POLL = 0.05
 _COMPACT_AT = 64
 
 
@@ -52,7 +46,7 @@ class _Ungated(list[None]):
         return None
 
 
-class Core:
+class Core(WaiterThread):
     """Gate, kernel queue and waiter thread of one wrapped semaphore in this process."""
 
     def __init__(self, sem: Any, limit: int | None, *, offload: bool) -> None:
@@ -80,7 +74,6 @@ class Core:
         self.queue: deque[Waiter] = deque()
         self.queue_gone = 0
         self.thread: threading.Thread | None = None
-        self.idle = False
         self.releases = 0  # offload: releases the thread still has to make
         self.poll_delay = 0.001
         self.starts = 0  # waiter threads started (for tests)
@@ -278,163 +271,9 @@ class Core:
             return await self.acquire_slow(slot)
         return 0  # timed out (the caller's own cancellation propagates instead)
 
-    # -- the waiter thread -----------------------------------------------------------------
-    def _ensure_thread(self) -> None:
-        """Under the lock: wake the waiter thread, or start it if there is none."""
-        if self.thread is not None:
-            if self.idle:
-                self.cond.notify()
-            return
-        thread = threading.Thread(
-            target=_serve, args=(weakref.ref(self),), name="procthrottle-waiter", daemon=True
-        )
-        thread.start()  # raises (e.g. RuntimeError under a pids limit): nothing recorded
-        self.thread = thread
-        self.starts += 1
-
-    def _next_waiter(self) -> Waiter | None:
-        """Under the lock: the first task still waiting for a permit, removed from the queue."""
-        queue = self.queue
-        while queue:
-            waiter = queue.popleft()
-            if waiter.state == WAITING:
-                return waiter
-            self.queue_gone -= 1
-        return None
-
-    def _has_work(self) -> bool:
-        queue = self.queue
-        while queue and queue[0].state != WAITING:
-            queue.popleft()
-            self.queue_gone -= 1
-        return bool(queue) or self.releases > 0
-
-    def _serve_once(self) -> bool:
-        """One round of the waiter thread; False when there is nothing to do."""
-        with self.lock:
-            if not self._has_work():
-                return False
-            releases, self.releases = self.releases, 0
-        for _ in range(releases):
-            try:
-                self.kernel_release()
-            except Exception as exc:
-                log.warning("could not release a permit of %r: %s", self.sem, exc)
-        with self.lock:
-            if not self.queue:
-                return True
-        try:
-            # Fair: no timeout, so this thread keeps its place in the kernel's queue.
-            got = self.try_acquire(True, None) if self.fast else self.try_acquire(False)
-        except BaseException as exc:
-            self._fail(exc)
-            return True
-        if not got:  # an offloaded semaphore is busy: poll again soon
-            with self.lock:
-                if not self.releases:
-                    self.cond.wait(self.poll_delay)
-            self.poll_delay = min(self.poll_delay * 1.5, MAX_POLL)
-            return True
-        self.poll_delay = 0.001
-        self._grant()
-        return True
-
-    def _grant(self) -> None:
-        """Hand the permit the thread got to the first task still waiting, or give it back."""
-        while True:
-            with self.lock:
-                waiter = self._next_waiter()
-                if waiter is not None:
-                    waiter.state = GRANTED
-            if waiter is None:  # everyone left meanwhile: hand it back
-                try:
-                    self.kernel_release()
-                except Exception as exc:
-                    log.warning("could not release a permit of %r: %s", self.sem, exc)
-                return
-            if waiter.wake():
-                return
-            # its loop is closed: it will never return the slot it holds, so do it for it, and
-            # try the next task with the permit
-            self._forget(waiter)
-            self.return_slot()
-
-    def _fail(self, exc: BaseException) -> None:
-        """Deliver the thread's error to every task waiting for a permit."""
-        with self.lock:
-            failed = [w for w in self.queue if w.state == WAITING]
-            self.queue.clear()
-            self.queue_gone = 0
-            for waiter in failed:
-                waiter.state = FAILED
-                waiter.error = exc
-        for waiter in failed:
-            if not waiter.wake():  # its loop is closed: return the slot it holds for it
-                self.return_slot()
-
 
 # By id(): a core holds its semaphore, so the id cannot be reused while the core lives, and
 # the core lives as long as an adapter (or its thread) uses it.
-def _serve(ref: weakref.ref[Core]) -> None:
-    """The waiter thread. While idle it holds its core only weakly, so an unused semaphore
-    (and its kernel object) can go away without waiting for the thread to time out."""
-    core = ref()
-    try:
-        while core is not None:
-            if core._serve_once():
-                continue
-            cond = core.cond
-            with cond:
-                if core._has_work():
-                    continue
-                core.idle = True
-                core = None
-                woken = cond.wait(KEEPALIVE)
-                core = ref()
-                if core is None:
-                    return
-                core.idle = False
-                if not woken and not core._has_work():
-                    core.thread = None
-                    return
-    except BaseException as exc:  # a bug, or the interpreter shutting down: strand nobody
-        if core is not None:
-            with core.lock:
-                if core.thread is threading.current_thread():
-                    core.thread = None
-            core._fail(exc)
-
-
-def _sysv_blocked(sem: Any) -> int:
-    """Threads blocked for a permit of a crash-safe (System V) semaphore: GETNCNT, one
-    ``semctl``, cheaper than the release and acquire a hand-over saves. -1 if unknown."""
-    handle: Any = getattr(sem, "_handle", None)
-    if handle.__class__ is not _SysVHandle:  # closed, or not yet attached after a fork
-        return -1
-    try:
-        return int(handle.waiting_for_nonzero)
-    except Exception:
-        return -1
-
-
-def kernel_waiters_counter(sem: Any) -> Callable[[Any], int] | None:
-    """A function counting the threads blocked in ``sem``'s kernel, or None."""
-    counter = getattr(sem, "_blocked_waiters", None)  # a kernel that says it itself
-    if callable(counter):
-        return lambda s: int(s._blocked_waiters())
-    if _SysVHandle is not None and hasattr(sem, "_handle") and sem.crash_safe is True:
-        return _sysv_blocked
-    return None
-
-
-try:  # the crash-safe kernel's handle type (not on Windows)
-    import sysv_ipc
-
-    _SysVHandle: Any = sysv_ipc.Semaphore
-except ImportError:  # pragma: no cover
-    _SysVHandle = None
-
-
 _cores: weakref.WeakValueDictionary[int, Core] = weakref.WeakValueDictionary()
 _cores_lock = threading.Lock()
 

@@ -184,10 +184,10 @@ class AsyncSemaphore:
                     core.held.append(None)
                     await lowlevel.cancel_shielded_checkpoint()
                     return True
-        got = await core.wait(slot, timeout)
-        if got < 2:
+        outcome = await core.wait(slot, timeout)
+        if outcome < 2:
             await lowlevel.cancel_shielded_checkpoint()  # it did not yield
-        return got > 0
+        return outcome > 0
 
     def release(self) -> None:
         """Return the permit to the semaphore and let the next local task through the gate.
