@@ -114,7 +114,8 @@ class Core(WaiterThread):
             mine = False
         else:
             mine = True
-            if self.gate and self.blocked is not None and self._hand_over():
+            # our own kernel queue goes first: its tasks hold slots and came before the gate's
+            if self.gate and not self.queue and self.blocked is not None and self._hand_over():
                 return
         try:
             if self.fast:
@@ -181,7 +182,8 @@ class Core(WaiterThread):
                     await waiter.wait()
                 except BaseException:
                     if self.withdraw(waiter, True) == GRANTED:  # granted as we were cancelled
-                        if waiter.permit:
+                        if waiter.permit:  # a permit, handed over: it is ours to pass on
+                            self.held.append(None)
                             self.release()
                         else:
                             self.return_slot()
