@@ -6,6 +6,7 @@ import asyncio
 import subprocess
 import textwrap
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -235,4 +236,70 @@ def test_kernel_waiters_of_a_closed_loop_are_skipped() -> None:
         threading.Event().wait(0.01)
         deadline -= 0.01
     assert sem.value == 1
+    sem.unlink()
+
+
+def _child(script: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [PYTHON, "-c", textwrap.dedent(script)], env=python_env(), stdout=subprocess.PIPE,
+        text=True,
+    )
+
+
+@pytest.mark.timeout(60)
+def test_sigkill_after_the_thread_granted_a_permit_returns_it() -> None:
+    name = unique_name()
+    sem = ProcessSemaphore(1, name=name)
+    sem.acquire()
+    child = _child(
+        f"""
+        import asyncio, time
+        from procthrottle import AsyncSemaphore, ProcessSemaphore
+        async def main():
+            asem = AsyncSemaphore(ProcessSemaphore(1, name={name!r}))
+            print("waiting", flush=True)
+            assert await asem.acquire(timeout=20)  # through the waiter thread
+            print("got", flush=True)
+            time.sleep(30)
+        asyncio.run(main())
+        """
+    )
+    assert child.stdout is not None
+    assert child.stdout.readline() == "waiting\n"
+    time.sleep(0.3)  # it waits in the kernel now
+    sem.release()
+    assert child.stdout.readline() == "got\n"
+    assert sem.value == 0
+    child.kill()
+    child.wait(10)
+    child.stdout.close()
+    assert sem.value == 1  # the kernel returned the dead process's permit
+    sem.unlink()
+
+
+@pytest.mark.timeout(60)
+def test_a_waiter_thread_blocked_in_the_kernel_never_keeps_the_process_alive() -> None:
+    name = unique_name()
+    sem = ProcessSemaphore(1, name=name)
+    sem.acquire()
+    child = _child(
+        f"""
+        import asyncio
+        from procthrottle import AsyncSemaphore, ProcessSemaphore
+        async def main():
+            asem = AsyncSemaphore(ProcessSemaphore(1, name={name!r}))
+            # times out; the thread stays blocked in the kernel, keeping its place
+            assert not await asem.acquire(timeout=0.3)
+        asyncio.run(main())
+        print("done", flush=True)
+        """
+    )
+    assert child.stdout is not None
+    assert child.stdout.readline() == "done\n"
+    start = time.monotonic()
+    assert child.wait(10) == 0
+    assert time.monotonic() - start < 5
+    child.stdout.close()
+    sem.release()
+    assert sem.value == 1  # the exited process took no permit with it
     sem.unlink()
