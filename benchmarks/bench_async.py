@@ -3,11 +3,14 @@
     python benchmarks/bench_async.py [--quick]
 
 1. uncontended acquire+release vs asyncio.Semaphore (target <= 2x with crash_safe=False);
-2. 2,000 tasks, limit 4, one process vs asyncio.Semaphore (target <= 1.5x) and vs the naive
+2. 2,000 tasks, limit 4, one process, on the default crash-safe kernel vs asyncio.Semaphore
+   (target <= 1.5x), on trio vs trio.Semaphore, vs anyio.CapacityLimiter, and vs the naive
    ``anyio.to_thread.run_sync(sem.acquire)`` adapter;
 3. cross-process handoff: a release in process A wakes an awaiting task in process B (target
-   p50 <= 2 ms), and the CPU a waiting process burns (target <= 1% of a core);
-4. 10,000 waiters: wall time and the most threads alive at once.
+   p50 <= 2 ms; p99 shown), and the CPU a waiting process burns (target <= 1% of a core);
+4. 10,000 waiters: wall time and the most threads alive at once;
+5. fairness: share of turns and p99 wait per process, for an async process against four
+   processes doing blocking acquires, and for five async processes (limit 1, 50 ms holds).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import argparse
 import asyncio
 import gc
 import multiprocessing
+import os
 import resource
 import threading
 import time
@@ -23,7 +27,7 @@ from typing import Any
 
 import anyio
 import anyio.to_thread
-from _common import HEADER, handoff_latency, row
+from _common import HEADER, row
 
 from procthrottle import AsyncSemaphore, ProcessSemaphore
 
@@ -126,12 +130,142 @@ def waiting_cpu(seconds: float) -> float:
     return out[0]
 
 
+class LimiterAdapter:
+    """anyio.CapacityLimiter with the acquire()/release() shape of the others."""
+
+    def __init__(self, limit: int) -> None:
+        self.limiter = anyio.CapacityLimiter(limit)
+
+    async def acquire(self) -> bool:
+        await self.limiter.acquire()
+        return True
+
+    def release(self) -> None:
+        self.limiter.release()
+
+
+async def fan_out_trio(sem: Any, tasks: int) -> float:
+    """``fan_out`` on trio: a nursery of tasks that each hold a permit across one yield."""
+    import trio
+
+    async def one() -> None:
+        await sem.acquire()
+        try:
+            await trio.sleep(0)
+        finally:
+            sem.release()
+
+    start = time.perf_counter()
+    async with trio.open_nursery() as nursery:
+        for _ in range(tasks):
+            nursery.start_soon(one)
+    return time.perf_counter() - start
+
+
+def interleaved_trio(repeats: int, tasks: int, **makers: Any) -> dict[str, float]:
+    import trio
+
+    best = dict.fromkeys(makers, float("inf"))
+    for _ in range(repeats):
+        for name, make in makers.items():
+            gc.collect()
+            best[name] = min(best[name], trio.run(fan_out_trio, make(), tasks))
+    return best
+
+
+def _trio_semaphore(limit: int) -> Any:
+    import trio
+
+    return trio.Semaphore(limit)
+
+
+def handoff_latencies(sem: ProcessSemaphore, trials: int, settle: float) -> list[float]:
+    """Seconds from a release in this process to the awaiting task it wakes in a child."""
+    ctx = multiprocessing.get_context("fork")
+    go, ready, done = events = ctx.Event(), ctx.Event(), ctx.Event()
+    stamps = ctx.Array("d", trials, lock=False)
+    released = []
+    process = ctx.Process(target=_awaiting_child, args=(sem, events, stamps, trials))
+    process.start()
+    for _ in range(trials):
+        sem.acquire()
+        go.set()
+        ready.wait()
+        ready.clear()
+        time.sleep(settle)  # the child's task now waits in the kernel, through its thread
+        released.append(time.monotonic())
+        sem.release()
+        done.wait()
+        done.clear()
+    process.join()
+    return sorted(s - r for s, r in zip(stamps, released, strict=True))
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+HOLD = 0.05
+
+
+def _fair_sync(name: str, go: Any, seconds: float, out: Any) -> None:
+    sem = ProcessSemaphore(1, name=name)
+    go.wait()
+    deadline, waits = time.monotonic() + seconds, []
+    while time.monotonic() < deadline:
+        start = time.monotonic()
+        sem.acquire()
+        waits.append(time.monotonic() - start)
+        time.sleep(HOLD)
+        sem.release()
+    out.put(("sync", waits))
+
+
+def _fair_async(name: str, go: Any, seconds: float, out: Any, backend: str) -> None:
+    async def main() -> list[float]:
+        asem = AsyncSemaphore(ProcessSemaphore(1, name=name))
+        await anyio.to_thread.run_sync(go.wait)
+        deadline, waits = time.monotonic() + seconds, []
+        while time.monotonic() < deadline:
+            start = time.monotonic()
+            await asem.acquire()
+            waits.append(time.monotonic() - start)
+            await anyio.sleep(HOLD)
+            asem.release()
+        return waits
+
+    out.put((f"async ({backend})", anyio.run(main, backend=backend)))
+
+
+def fairness(kinds: list[str], seconds: float) -> list[tuple[str, int, float]]:
+    """(kind, turns, p99 wait) per process, all contending for one permit."""
+    ctx = multiprocessing.get_context("spawn")
+    name = f"pt-bench-fair-{os.getpid()}-{time.monotonic_ns()}"
+    sem = ProcessSemaphore(1, name=name)
+    go, out = ctx.Event(), ctx.Queue()
+    procs = [
+        ctx.Process(target=_fair_sync, args=(name, go, seconds, out)) if kind == "sync"
+        else ctx.Process(target=_fair_async, args=(name, go, seconds, out, kind))
+        for kind in kinds
+    ]
+    for p in procs:
+        p.start()
+    time.sleep(1.0)  # imports
+    go.set()
+    rows = [out.get(timeout=seconds + 60) for _ in procs]
+    for p in procs:
+        p.join()
+    sem.unlink()
+    return sorted(((kind, len(w), percentile(w, 0.99)) for kind, w in rows), reverse=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="small sizes (smoke test)")
     args = parser.parse_args()
-    n, tasks, trials, idle, big = (
-        (500, 200, 10, 0.2, 1000) if args.quick else (50_000, 2_000, 200, 2.0, 10_000)
+    n, tasks, trials, idle, big, fair_s = (
+        (500, 200, 10, 0.2, 1000, 0.5) if args.quick else (50_000, 2_000, 300, 2.0, 10_000, 5.0)
     )
 
     async def pairs() -> tuple[float, float, float]:
@@ -153,35 +287,60 @@ def main() -> None:
         fast=lambda: AsyncSemaphore(fast4),
         safe=lambda: AsyncSemaphore(safe4),
         asyncio=lambda: asyncio.Semaphore(4),
+        anyio=lambda: LimiterAdapter(4),
     )
     t_ours, t_ours_safe, t_asyncio = best["fast"], best["safe"], best["asyncio"]
     t_naive = interleaved(1, tasks, naive=lambda: NaiveAdapter(safe4))["naive"]
+    on_trio = interleaved_trio(
+        5, tasks, safe=lambda: AsyncSemaphore(safe4), trio=lambda: _trio_semaphore(4)
+    )
 
-    # settle: the child's task must be waiting in the waiter thread, not just queued
-    latency = handoff_latency(ProcessSemaphore(1), _awaiting_child, trials, settle=0.005)
+    lat = handoff_latencies(ProcessSemaphore(1), trials, settle=0.005)
     cpu = waiting_cpu(idle)
 
     wall_big, threads_big = asyncio.run(fan_out(AsyncSemaphore(ProcessSemaphore(4)), big))
     start_threads = threading.active_count()
+    mixes = {
+        "1 asyncio process vs 4 in blocking acquire()": fairness(
+            ["asyncio", "sync", "sync", "sync", "sync"], fair_s
+        ),
+        "5 async processes, one task each": fairness(
+            ["asyncio", "trio", "asyncio", "trio", "asyncio"], fair_s
+        ),
+    }
 
     print(HEADER)
     print(row("uncontended pair, crash_safe=False vs asyncio.Semaphore", t_fast * 1e9,
               t_base * 1e9, "ns", "<= 2x"))
     print(row("uncontended pair, crash_safe=True vs asyncio.Semaphore", t_safe * 1e9,
               t_base * 1e9, "ns", "-"))
+    print(row(f"{tasks} tasks limit 4, crash_safe=True (default) vs asyncio.Semaphore",
+              t_ours_safe * 1e3, t_asyncio * 1e3, "ms", "<= 1.5x"))
     print(row(f"{tasks} tasks limit 4, crash_safe=False vs asyncio.Semaphore", t_ours * 1e3,
               t_asyncio * 1e3, "ms", "<= 1.5x"))
-    print(row(f"{tasks} tasks limit 4, crash_safe=True vs asyncio.Semaphore", t_ours_safe * 1e3,
-              t_asyncio * 1e3, "ms", "-"))
+    print(row(f"{tasks} tasks limit 4, crash_safe=True vs anyio.CapacityLimiter",
+              t_ours_safe * 1e3, best["anyio"] * 1e3, "ms", "-"))
+    print(row(f"{tasks} tasks limit 4 on trio, crash_safe=True vs trio.Semaphore",
+              on_trio["safe"] * 1e3, on_trio["trio"] * 1e3, "ms", "-"))
     print(row(f"{tasks} tasks limit 4, crash_safe=True vs naive to_thread adapter",
               t_ours_safe * 1e3, t_naive * 1e3, "ms", "lower is better"))
-    print(f"| cross-process handoff to an awaiting task, p50 | {latency * 1e3:.3f} ms | - | - "
-          "| <= 2 ms |")
+    print(f"| cross-process handoff to an awaiting task, p50 / p99 | "
+          f"{percentile(lat, 0.5) * 1e3:.3f} / {percentile(lat, 0.99) * 1e3:.3f} ms | - | - "
+          "| p50 <= 2 ms |")
     print(f"| CPU of a process awaiting a permit held elsewhere ({idle:g} s) | "
           f"{cpu * 100:.2f}% of a core | - | - | <= 1% |")
     print(f"| {big} waiters, limit 4, crash_safe=True: wall time, most threads alive | "
           f"{wall_big:.2f} s, {threads_big} threads (1 at start: {start_threads}) | - | - "
           "| <= start + 2 |")
+    print()
+    print(f"Fairness: limit 1, {HOLD * 1e3:.0f} ms holds, {fair_s:g} s; the fair share is 20%.")
+    print()
+    print("| mix | process | turns | share | p99 wait |")
+    print("|---|---|---|---|---|")
+    for mix, rows in mixes.items():
+        total = sum(turns for _, turns, _ in rows)
+        for kind, turns, p99 in rows:
+            print(f"| {mix} | {kind} | {turns} | {turns / total:.0%} | {p99 * 1e3:.0f} ms |")
 
 
 if __name__ == "__main__":

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import pickle
 import signal
 import subprocess
 import textwrap
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -231,12 +233,127 @@ async def test_async_redis_semaphore(url: str) -> None:
         for _ in range(30):
             tg.start_soon(user)
     assert peak == 3
-    assert sem.value == 3
-    assert await sem.acquire(timeout=0.5)
-    sem.release()
     inner = sem.semaphore
     assert isinstance(inner, RedisSemaphore)
-    inner.unlink()
+    # releases are made by the waiter thread, off the loop: they land within a round trip
+    with anyio.fail_after(5):
+        while await anyio.to_thread.run_sync(lambda: inner.value) != 3:
+            await anyio.sleep(0.01)
+    assert await sem.acquire(timeout=0.5)
+    sem.release()
+    await anyio.to_thread.run_sync(inner.unlink)
+
+
+async def _loop_lag(body: Any) -> float:
+    """Run ``body()`` next to a 5 ms ticker; the longest gap between ticks."""
+    worst = 0.0
+
+    async def ticker() -> None:
+        nonlocal worst
+        last = time.monotonic()
+        while True:
+            await anyio.sleep(0.005)
+            now = time.monotonic()
+            worst = max(worst, now - last)
+            last = now
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(ticker)
+        await body()
+        tg.cancel_scope.cancel()
+    return worst
+
+
+@pytest.mark.anyio
+async def test_async_redis_semaphore_never_blocks_the_loop() -> None:
+    """A 1.5 s server stall delays the task that waits for Redis, not the event loop."""
+    try:
+        server = redis_server()
+        own_url = server.__enter__()
+    except FileNotFoundError as exc:
+        pytest.skip(str(exc))
+    try:
+        sem = AsyncRedisSemaphore(own_url, unique_name("pt-redis"), 1)
+        pid = int(redis.Redis.from_url(own_url).info()["process_id"])
+        stalled = 0.0
+
+        async def uncontended() -> None:
+            nonlocal stalled
+            os.kill(pid, signal.SIGSTOP)
+            threading.Timer(1.5, os.kill, (pid, signal.SIGCONT)).start()
+            start = time.monotonic()
+            async with sem:
+                stalled = time.monotonic() - start
+
+        lag = await _loop_lag(uncontended)
+        assert stalled > 1.0  # the acquire did wait for the stalled server...
+        assert lag < 0.3, f"the loop stalled {lag:.2f} s"  # ...but the loop kept running
+        inner = sem.semaphore
+        assert isinstance(inner, RedisSemaphore)
+        await anyio.to_thread.run_sync(inner.unlink)
+    finally:
+        server.__exit__(None, None, None)
+
+
+def _start_redis(port: int) -> subprocess.Popen[bytes]:
+    server = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "no", "--loglevel", "warning"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    client = redis.Redis(port=port)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            assert time.monotonic() < deadline, "redis-server did not start"
+            time.sleep(0.02)
+    client.close()
+    return server
+
+
+@pytest.mark.anyio
+async def test_async_redis_outage_reaches_waiters_and_recovers(
+    url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    port = free_port()
+    server = _start_redis(port)
+    own_url = f"redis://127.0.0.1:{port}/0"
+    name = unique_name("pt-redis")
+    try:
+        sem = AsyncRedisSemaphore(own_url, name, 1, lease=5.0)
+        holder = RedisSemaphore(own_url, name, 1, lease=5.0)
+        assert holder.acquire(block=False)
+        errors: list[BaseException] = []
+
+        async def user() -> None:
+            try:
+                await sem.acquire()
+            except RedisUnavailableError as exc:
+                errors.append(exc)
+
+        with anyio.fail_after(20):
+            async with anyio.create_task_group() as tg:
+                for _ in range(3):
+                    tg.start_soon(user)
+                await anyio.sleep(0.2)  # they wait: the thread polls Redis
+                server.terminate()
+                server.wait(10)
+        assert len(errors) == 3  # the outage reached every waiting task
+        server = _start_redis(port)  # Redis is back (empty)
+        with anyio.fail_after(10):
+            assert await sem.acquire(timeout=5)  # the adapter works again
+        sem.release()
+        inner = sem.semaphore
+        assert isinstance(inner, RedisSemaphore)
+        with caplog.at_level(logging.CRITICAL, logger="procthrottle.redis"):
+            await anyio.to_thread.run_sync(holder.close)
+            await anyio.to_thread.run_sync(inner.unlink)
+    finally:
+        server.terminate()
+        server.wait(10)
 
 
 @pytest.mark.timeout(120)

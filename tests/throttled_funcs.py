@@ -24,3 +24,9 @@ def bounded(path: str) -> int:
     with open(path, "a") as f:
         f.write(f"{os.getpid()} {start} {time.monotonic()}\n")
     return os.getpid()
+
+
+@throttle(SEMAPHORE)
+async def bounded_async(x: int) -> int:
+    """The async shape: awaits its permit; pickles by reference like `bounded`."""
+    return x

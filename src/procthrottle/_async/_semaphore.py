@@ -2,24 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
-import threading
-import weakref
-from collections import deque
+import inspect
+import sys
 from types import TracebackType
-from typing import Protocol, SupportsIndex, runtime_checkable
-
-import anyio
+from typing import Any, Protocol, runtime_checkable
 
 from .._kernel._semaphore import ProcessSemaphore
 from .._kernel._validate import check_timeout
 from .._typing import Self
-from ._wakeup import GONE, GRANTED, Waiter, new_waiter
-
-#: How long the waiter thread blocks in the kernel before it checks whether anyone still waits.
-POLL_INTERVAL = 0.1
-_NO_SCOPE = contextlib.nullcontext()
+from ._core import Core, core_for
+from ._wakeup import _sniffed
 
 
 @runtime_checkable
@@ -31,42 +23,67 @@ class SyncSemaphore(Protocol):
     def release(self) -> None: ...
 
 
-_live: weakref.WeakSet[AsyncSemaphore] = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    for sem in list(_live):
-        sem._reset()
-
-
-if hasattr(os, "register_at_fork"):  # POSIX; Windows has no fork
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+def _check_sync_semaphore(sem: object) -> None:
+    """Refuse look-alikes whose ``acquire`` is async or takes no (block, timeout)."""
+    acquire = sem.acquire  # type: ignore[attr-defined]
+    if inspect.iscoroutinefunction(acquire) or inspect.iscoroutinefunction(
+        getattr(sem, "release", None)
+    ):
+        raise TypeError(
+            f"semaphore must be a synchronous semaphore (a ProcessSemaphore, or an object with "
+            f"a blocking acquire(block, timeout) and release()); {type(sem).__name__} is "
+            "already async: use it directly, or pass a ProcessSemaphore or an int limit"
+        )
+    try:
+        signature = inspect.signature(acquire)
+    except (TypeError, ValueError):  # a builtin without a signature: trust it
+        return
+    try:
+        signature.bind(False, None)
+    except TypeError:
+        raise TypeError(
+            f"semaphore must have acquire(block, timeout); {type(sem).__name__}.acquire"
+            f"{signature} does not take them. Pass a ProcessSemaphore or an int limit"
+        ) from None
 
 
 class AsyncSemaphore:
     """Await permits of a process semaphore from asyncio or trio.
 
     * **Fast path**: an uncontended ``acquire`` takes the permit with a non-blocking call on the
-      event loop's thread: no thread hop.
+      event loop's thread: no thread hop (on trio it is still a checkpoint).
     * **Local gate**: in front of the kernel sits an in-process FIFO gate with ``limit`` slots,
       so however many tasks of this process wait, at most ``limit`` of them contend for the
       kernel; the rest wait in the gate, like tasks on an ``asyncio.Semaphore``.
-    * **One waiter thread**: tasks that passed the gate but found no free permit (other
-      processes hold them) queue up; a single daemon thread per ``AsyncSemaphore`` blocks in the
-      kernel and hands each permit it gets to the first task still waiting, on that task's own
-      loop. It exits when nobody waits.
+    * **One waiter thread per semaphore per process**, shared by every `AsyncSemaphore` and
+      ``@throttle`` over the same semaphore object: tasks that passed the gate but found no
+      free permit queue up, and the thread blocks in the kernel (keeping its place in the
+      kernel's FIFO, like a blocked thread) and hands each permit to the first task still
+      waiting, on that task's own loop.
+    * **Fair across processes**: release returns the kernel permit to the kernel first, and the
+      waiter thread never re-queues, so waiters of other processes get turns in proportion.
+    * **Errors reach the waiters**: if the semaphore is closed or unlinked, or the backend
+      fails while tasks wait, they raise that error; a later acquire works once it is fixed.
     * **No leaks**: a task cancelled or timed out holds nothing; a permit granted at the moment
-      it was cancelled is passed to the next waiter or returned to the semaphore.
+      it was cancelled is passed to the next waiter or returned to the semaphore. Waiters whose
+      event loop was closed are skipped.
 
-    Release hands the local slot to the next task of this process but always returns the kernel
-    permit to the kernel first, so waiters in other processes get their fair turn.
+    Args:
+        semaphore: A `ProcessSemaphore`, an `int` limit (a new anonymous `ProcessSemaphore`), or
+            any object with a blocking ``acquire(block, timeout)`` and ``release()``.
+
+    Raises:
+        TypeError: ``semaphore`` is none of those (an ``asyncio.Semaphore`` is refused too).
     """
 
     def __init__(self, semaphore: ProcessSemaphore | SyncSemaphore | int) -> None:
         sem: ProcessSemaphore | SyncSemaphore
         if isinstance(semaphore, int) and not isinstance(semaphore, bool):
             sem = ProcessSemaphore(semaphore)
-        elif isinstance(semaphore, ProcessSemaphore | SyncSemaphore):
+        elif isinstance(semaphore, ProcessSemaphore):
+            sem = semaphore
+        elif isinstance(semaphore, SyncSemaphore):
+            _check_sync_semaphore(semaphore)
             sem = semaphore
         else:
             raise TypeError(
@@ -76,20 +93,7 @@ class AsyncSemaphore:
         self._sem = sem
         limit = getattr(sem, "limit", None)
         self._limit: int | None = limit if isinstance(limit, int) else None
-        self._try = sem.acquire
-        self._kernel_release = sem.release
-        self._reset()
-        _live.add(self)
-
-    def _reset(self) -> None:
-        self._lock = threading.Lock()
-        # The gate's free slots, one token each: list.pop/append are atomic, so the fast path
-        # takes and returns a slot without the lock. A foreign semaphore of unknown limit is
-        # not gated: every task contends for the kernel.
-        self._slots: list[None] = [None] * self._limit if self._limit else _Ungated()
-        self._gate: deque[Waiter] = deque()
-        self._kernel_waiters: deque[Waiter] = deque()
-        self._thread: threading.Thread | None = None
+        self._core: Core = core_for(sem, self._limit)
 
     # -- public API ------------------------------------------------------------------------
     @property
@@ -118,39 +122,80 @@ class AsyncSemaphore:
         return None
 
     async def acquire(self, *, timeout: float | None = None) -> bool:
-        """Take a permit; False if ``timeout`` seconds passed first. Never blocks the loop."""
+        """Take a permit without blocking the event loop.
+
+        On trio this is always a checkpoint: it raises ``Cancelled`` in a cancelled scope even
+        when a permit is free. On asyncio an uncontended acquire does not yield, like
+        ``asyncio.Semaphore``.
+
+        Args:
+            timeout: Seconds to wait at most; None waits as long as it takes.
+
+        Returns:
+            True when a permit was taken, False when ``timeout`` passed first.
+
+        Raises:
+            SemaphoreClosedError: The semaphore was closed or unlinked (also while waiting).
+            ValueError: ``timeout`` is NaN.
+        """
         if timeout is not None:
             timeout = check_timeout(timeout)
-        slot = False
-        if not self._gate:  # nobody of ours queues: try the fast path
+        if _sniffed.name == "trio":
+            return await self._acquire_on_trio(timeout)
+        core = self._core
+        if not core.gate and core.fast:  # nobody of ours queues: try the fast path
             try:
-                self._slots.pop()
+                core.slots.pop()
+            except IndexError:
+                pass
+            else:
+                try:
+                    if core.try_acquire(False):
+                        core.held.append(None)
+                        return True
+                except BaseException:
+                    core.return_slot()
+                    raise
+                if timeout is None:
+                    return await core.acquire_slow(True) > 0
+                return await core.wait(True, timeout) > 0
+        if timeout is None:
+            return await core.acquire_slow(False) > 0
+        return await core.wait(False, timeout) > 0
+
+    async def _acquire_on_trio(self, timeout: float | None) -> bool:
+        lowlevel = sys.modules["trio"].lowlevel
+        await lowlevel.checkpoint_if_cancelled()
+        core = self._core
+        slot = False
+        if not core.gate and core.fast:
+            try:
+                core.slots.pop()
                 slot = True
             except IndexError:
                 pass
-            if slot and self._try(False):
-                return True
-        if timeout is not None and timeout <= 0:
-            if slot:
-                self._return_slot()
-            return False
-        # No cancel scope without a timeout: it would cost more than the whole wait.
-        with _NO_SCOPE if timeout is None else anyio.move_on_after(timeout):
-            if not slot:
-                await self._wait_for_slot()
-            try:
-                if not self._try(False):
-                    await self._wait_for_kernel()
-            except BaseException:
-                self._return_slot()
-                raise
-            return True
-        return False  # timed out (the caller's own cancellation propagates instead)
+            else:
+                try:
+                    got = core.try_acquire(False)
+                except BaseException:
+                    core.return_slot()
+                    raise
+                if got:
+                    core.held.append(None)
+                    await lowlevel.cancel_shielded_checkpoint()
+                    return True
+        outcome = await core.wait(slot, timeout)
+        if outcome < 2:
+            await lowlevel.cancel_shielded_checkpoint()  # it did not yield
+        return outcome > 0
 
     def release(self) -> None:
-        """Return the permit to the semaphore and let the next local task through the gate."""
-        self._kernel_release()  # first: waiters in other processes get their turn
-        self._return_slot()
+        """Return the permit to the semaphore and let the next local task through the gate.
+
+        The kernel permit goes back to the kernel first, so waiters in other processes get
+        their turn; the local slot then goes to the next task of this process.
+        """
+        self._core.release()
 
     async def __aenter__(self) -> Self:
         await self.acquire()
@@ -167,105 +212,10 @@ class AsyncSemaphore:
     def __repr__(self) -> str:
         return f"AsyncSemaphore({self._sem!r})"
 
-    # -- the machinery -----------------------------------------------------------------------
-    def _return_slot(self) -> None:
-        self._slots.append(None)
-        if self._gate:  # checked after the append: see _wait_for_slot
-            self._dispatch()
+    def _waiter_thread_starts(self) -> int:
+        """How many waiter threads this semaphore's core started so far (for tests)."""
+        return self._core.starts
 
-    def _dispatch(self) -> None:
-        """Hand free slots to queued tasks, first come first served."""
-        woken = []
-        with self._lock:
-            gate, slots = self._gate, self._slots
-            while gate:
-                try:
-                    slots.pop()
-                except IndexError:
-                    break
-                waiter = gate.popleft()
-                waiter.state = GRANTED
-                woken.append(waiter)
-        for waiter in woken:
-            if not waiter.wake():  # its loop is gone
-                self._return_slot()
-
-    async def _wait_for_slot(self) -> None:
-        waiter = new_waiter()
-        with self._lock:
-            # A release returns its slot without the lock, then looks at the gate. So look for a
-            # slot both before and after queueing: either we see the slot, or it sees us.
-            try:
-                self._slots.pop()
-                return
-            except IndexError:
-                self._gate.append(waiter)
-            try:
-                self._slots.pop()
-            except IndexError:
-                pass
-            else:
-                self._gate.pop()  # we are last: only this lock's holders append
-                return
-        try:
-            await waiter.wait()
-        except BaseException:
-            if self._withdraw(waiter, self._gate):
-                self._return_slot()  # granted as we were cancelled: pass it on
-            raise
-
-    async def _wait_for_kernel(self) -> None:
-        """Queue up for a kernel permit from the waiter thread."""
-        waiter = new_waiter()
-        with self._lock:
-            self._kernel_waiters.append(waiter)
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._serve, name="procthrottle-waiter", daemon=True
-                )
-                self._thread.start()
-        try:
-            await waiter.wait()
-        except BaseException:
-            if self._withdraw(waiter, self._kernel_waiters):
-                self._kernel_release()  # granted as we were cancelled: pass it on
-            raise
-
-    def _withdraw(self, waiter: Waiter, queue: deque[Waiter]) -> bool:
-        """Leave the queue after a cancellation; True if a grant came first."""
-        with self._lock:
-            if waiter.state == GRANTED:
-                return True
-            waiter.state = GONE
-            with contextlib.suppress(ValueError):
-                queue.remove(waiter)
-            return False
-
-    def _serve(self) -> None:
-        """The waiter thread: take kernel permits for queued tasks, one at a time."""
-        queue = self._kernel_waiters
-        while True:
-            with self._lock:
-                if not queue:
-                    self._thread = None
-                    return
-            if not self._sem.acquire(True, POLL_INTERVAL):
-                continue
-            with self._lock:
-                waiter = queue.popleft() if queue else None
-                if waiter is not None:
-                    waiter.state = GRANTED
-            if waiter is None:
-                self._kernel_release()  # everyone left meanwhile
-            elif not waiter.wake():
-                self._kernel_release()  # its loop is gone
-
-
-class _Ungated(list[None]):
-    """The slots of a semaphore whose limit is unknown: always one more."""
-
-    def pop(self, index: SupportsIndex = -1) -> None:
-        return None
-
-    def append(self, item: None) -> None:
-        return None
+    def _debug_state(self) -> dict[str, Any]:
+        core = self._core
+        return {"gate": len(core.gate), "queue": len(core.queue), "thread": core.thread}

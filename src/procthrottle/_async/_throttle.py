@@ -4,97 +4,204 @@ from __future__ import annotations
 
 import functools
 import inspect
-import threading
-from collections.abc import Awaitable, Callable
-from typing import Any, ParamSpec, TypeVar
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from .._kernel._semaphore import ProcessSemaphore
 from .._kernel._validate import check_limit, check_timeout
 from ._semaphore import AsyncSemaphore, SyncSemaphore
 
-P = ParamSpec("P")
-R = TypeVar("R")
+F = TypeVar("F", bound=Callable[..., Any])
 
 
-class _Adapters:
-    """The AsyncSemaphore of a ProcessSemaphore, made on first use in each process."""
+class _Adapter:
+    """The AsyncSemaphore of a semaphore, made on first use (it is cheap: every adapter over
+    one semaphore shares one core and one waiter thread)."""
 
-    def __init__(self, semaphore: ProcessSemaphore) -> None:
+    __slots__ = ("_async", "semaphore")
+
+    def __init__(self, semaphore: ProcessSemaphore | SyncSemaphore) -> None:
         self.semaphore = semaphore
         self._async: AsyncSemaphore | None = None
-        self._lock = threading.Lock()
 
     def get(self) -> AsyncSemaphore:
-        if self._async is None:
-            with self._lock:
-                if self._async is None:
-                    self._async = AsyncSemaphore(self.semaphore)
-        return self._async
+        adapter = self._async
+        if adapter is None:
+            adapter = self._async = AsyncSemaphore(self.semaphore)
+        return adapter
+
+
+def _is_async_callable(fn: Any) -> bool:
+    """``async def`` functions, partials of them, and objects with an ``async def __call__``."""
+    if inspect.iscoroutinefunction(fn):
+        return True
+    call = getattr(type(fn), "__call__", None)  # noqa: B004 - the class's, not the instance's
+    return (
+        not inspect.isfunction(fn)
+        and not inspect.ismethod(fn)
+        and call is not None
+        and inspect.iscoroutinefunction(call)
+    )
+
+
+def _check_rate(rate: object) -> None:
+    if rate is None:
+        return
+    if isinstance(rate, str | bool | int | float) or not callable(getattr(rate, "acquire", None)):
+        raise TypeError(
+            "rate must be None or a rate limiter (an object with acquire(), e.g. "
+            f"procthrottle.RateLimiter(10, per=1.0)), not {type(rate).__name__}"
+        )
+
+
+async def _await_rate(rate: Any, timeout: float | None) -> bool:
+    """RATE HOOK (async): wait for the rate limiter's turn; False if ``timeout`` passed.
+
+    INTEGRATION POINT: the integrator wires ``RateLimiter``/``AsyncRateLimiter`` in here (and
+    in `_take_rate` below). Today: an async ``acquire`` is awaited; a sync limiter is asked
+    without blocking the loop... by blocking it, which only a non-waiting limiter may do.
+    """
+    result = rate.acquire(timeout=timeout) if timeout is not None else rate.acquire()
+    if inspect.isawaitable(result):
+        result = await result
+    return result is not False
+
+
+def _take_rate(rate: Any, timeout: float | None) -> bool:
+    """RATE HOOK (sync): block until the rate limiter allows a call; False on timeout."""
+    result = rate.acquire(timeout=timeout) if timeout is not None else rate.acquire()
+    return result is not False
 
 
 def throttle(
-    limit_or_semaphore: int | ProcessSemaphore | AsyncSemaphore, *, timeout: float | None = None
-) -> Callable[[Callable[P, R]], Callable[P, R]]:
-    """Let at most ``limit`` calls of the decorated function run at once.
+    limit_or_semaphore: int | ProcessSemaphore | AsyncSemaphore | None = None,
+    *,
+    rate: Any = None,
+    timeout: float | None = None,
+) -> Callable[[F], F]:
+    """Let at most ``limit`` calls of the decorated callable run at once, across processes.
 
-    Works on ``async def`` functions (awaiting an :class:`AsyncSemaphore`, never blocking the
-    loop) and on plain functions (blocking), including methods. An ``int`` makes an anonymous
-    :class:`ProcessSemaphore`, shared with forked children; pass a named one to hold the bound
-    across unrelated processes. Raises ``TimeoutError`` if no permit came within ``timeout``.
-    A decorated module-level function stays picklable for process pools.
+    Works on ``async def`` functions and objects with an ``async def __call__`` (awaiting an
+    `AsyncSemaphore`, never blocking the loop), on plain functions (blocking), and on instance,
+    static and class methods (in either decorator order with ``@staticmethod`` /
+    ``@classmethod``). Async generator functions are refused: a permit held for a generator's
+    whole life would outlive a consumer that stops iterating early; put ``async with sem:``
+    around the part of the body that needs the bound instead.
+
+    An ``int`` makes an anonymous `ProcessSemaphore`, shared with forked children; pass a named
+    one to hold the bound across unrelated processes. A decorated module-level function stays
+    picklable, so it can be submitted to process pools.
+
+    Args:
+        limit_or_semaphore: An `int` limit, a `ProcessSemaphore` or an `AsyncSemaphore`.
+        rate: A rate limiter each call also waits for (after it got its permit, so the calls
+            *start* at the rate), or None.
+        timeout: Seconds to wait for the permit (and the rate) at most; None waits forever.
+
+    Returns:
+        The decorator.
+
+    Raises:
+        TypeError: Bad arguments, a bare ``@throttle`` (use ``@throttle(N)``), or an async
+            generator function.
+        ValueError: A limit below 1 or a NaN timeout.
+        TimeoutError: (From a decorated call) no permit came within ``timeout``.
     """
+    if callable(limit_or_semaphore) and not isinstance(
+        limit_or_semaphore, AsyncSemaphore | ProcessSemaphore
+    ):
+        raise TypeError(
+            "throttle needs a limit: use @throttle(N) (or @throttle(semaphore), "
+            "@throttle(rate=...)), not a bare @throttle"
+        )
+    _check_rate(rate)
+    if limit_or_semaphore is None and rate is None:
+        raise TypeError(
+            "throttle needs a limit, a semaphore or a rate: use @throttle(N), "
+            "@throttle(semaphore) or @throttle(rate=limiter)"
+        )
     timeout = check_timeout(timeout)
-    get_async: Callable[[], AsyncSemaphore]
-    sync_sem: ProcessSemaphore | SyncSemaphore
-    if isinstance(limit_or_semaphore, AsyncSemaphore):
-        async_sem = limit_or_semaphore
-        sync_sem = async_sem.semaphore
-
-        def get_async() -> AsyncSemaphore:
-            return async_sem
-
+    adapter: _Adapter | None
+    sync_sem: ProcessSemaphore | SyncSemaphore | None
+    if limit_or_semaphore is None:
+        adapter = sync_sem = None
+    elif isinstance(limit_or_semaphore, AsyncSemaphore):
+        sync_sem = limit_or_semaphore.semaphore
+        adapter = _Adapter(sync_sem)
+        adapter._async = limit_or_semaphore
     elif isinstance(limit_or_semaphore, int | ProcessSemaphore) and not isinstance(
         limit_or_semaphore, bool
     ):
         if isinstance(limit_or_semaphore, int):
             limit_or_semaphore = ProcessSemaphore(check_limit(limit_or_semaphore))
         sync_sem = limit_or_semaphore
-        get_async = _Adapters(limit_or_semaphore).get
+        adapter = _Adapter(sync_sem)
     else:
         raise TypeError(
             "limit_or_semaphore must be an int, a ProcessSemaphore or an AsyncSemaphore, "
             f"not {type(limit_or_semaphore).__name__}"
         )
 
+    def decorate(fn: F) -> F:
+        if isinstance(fn, staticmethod):
+            return staticmethod(decorate(fn.__func__))  # type: ignore[return-value]
+        if isinstance(fn, classmethod):
+            return classmethod(decorate(fn.__func__))
+        if not callable(fn):
+            raise TypeError(f"throttle decorates callables, not {type(fn).__name__}")
+        if inspect.isasyncgenfunction(fn):
+            raise TypeError(
+                f"@throttle cannot bound the async generator function {_name(fn)}: a permit "
+                "held for the generator's whole life would leak when a consumer stops early. "
+                "Use `async with sem:` (an AsyncSemaphore) inside the generator instead"
+            )
+        if _is_async_callable(fn):
+            return _wrap_async(fn)  # type: ignore[return-value]
+        return _wrap_sync(fn)  # type: ignore[return-value]
+
     def too_slow(fn: Callable[..., Any]) -> TimeoutError:
-        return TimeoutError(f"no permit to call {fn.__qualname__} within {timeout} s")
+        return TimeoutError(f"no permit to call {_name(fn)} within {timeout} s")
 
-    def decorate(fn: Callable[P, R]) -> Callable[P, R]:
-        if inspect.iscoroutinefunction(fn):
-            call_async: Callable[P, Awaitable[Any]] = fn
-
-            @functools.wraps(fn)
-            async def async_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
-                sem = get_async()
-                if not await sem.acquire(timeout=timeout):
-                    raise too_slow(fn)
-                try:
-                    return await call_async(*args, **kwargs)
-                finally:
-                    sem.release()
-
-            return async_wrapper  # type: ignore[return-value]
-
+    def _wrap_async(fn: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(fn)
-        def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-            if not sync_sem.acquire(True, timeout):
+        async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+            sem = adapter.get() if adapter is not None else None
+            deadline = None if timeout is None else time.monotonic() + timeout
+            if sem is not None and not await sem.acquire(timeout=timeout):
                 raise too_slow(fn)
             try:
+                if rate is not None and not await _await_rate(rate, _left(deadline)):
+                    raise too_slow(fn)
+                return await fn(*args, **kwargs)
+            finally:
+                if sem is not None:
+                    sem.release()
+
+        return async_wrapper
+
+    def _wrap_sync(fn: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            deadline = None if timeout is None else time.monotonic() + timeout
+            if sync_sem is not None and not sync_sem.acquire(True, timeout):
+                raise too_slow(fn)
+            try:
+                if rate is not None and not _take_rate(rate, _left(deadline)):
+                    raise too_slow(fn)
                 return fn(*args, **kwargs)
             finally:
-                sync_sem.release()
+                if sync_sem is not None:
+                    sync_sem.release()
 
         return wrapper
 
     return decorate
 
+
+def _left(deadline: float | None) -> float | None:
+    return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+
+def _name(fn: Any) -> str:
+    return str(getattr(fn, "__qualname__", None) or type(fn).__qualname__)

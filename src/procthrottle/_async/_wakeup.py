@@ -1,40 +1,71 @@
 """Wake a task on its own event loop from any thread, on asyncio or trio.
 
 A waiter is the cheapest native primitive of its loop (an asyncio future, a trio event), not an
-``anyio.Event``: the gate of :class:`AsyncSemaphore` creates one per queued task, and that cost
-is what separates it from ``asyncio.Semaphore``.
+``anyio.Event``: the gate of `AsyncSemaphore` creates one per queued task, and that cost is what
+separates it from ``asyncio.Semaphore``. Which loop runs the task is asked of ``sniffio``, so
+trio in guest mode on an asyncio host gets a trio waiter.
 """
 
 from __future__ import annotations
 
 import asyncio
+import copy
 import threading
 from collections.abc import Awaitable
 from typing import Any
 
-WAITING, GRANTED, GONE = 0, 1, 2
+import sniffio
+
+WAITING, GRANTED, GONE, FAILED = 0, 1, 2, 3
+
+_sniffed = sniffio.thread_local
+_get_ident = threading.get_ident
+_get_running_loop = asyncio.get_running_loop
+
+
+def on_trio() -> bool:
+    """Whether the running task is a trio task (cheap: trio sets sniffio's thread-local)."""
+    return _sniffed.name == "trio"
 
 
 class Waiter:
     """One task waiting for a local slot or a kernel permit.
 
-    ``state`` moves WAITING -> GRANTED (by whoever hands it something) or WAITING -> GONE (by
-    the task itself when cancelled or timed out), always under the semaphore's lock, so a grant
-    and a cancellation can never both win.
+    ``state`` moves WAITING -> GRANTED (by whoever hands it something), WAITING -> FAILED (the
+    waiter thread met an error, stored in ``error``) or WAITING -> GONE (by the task itself when
+    cancelled or timed out), always under the semaphore's lock, so a grant and a cancellation
+    can never both win.
     """
 
-    __slots__ = ("state", "thread")
+    __slots__ = ("error", "permit", "state", "thread")
+
+    error: BaseException | None
+    #: Granted a slot *with* a kernel permit (handed over by a release): no kernel call to make.
+    permit: bool
 
     def __init__(self) -> None:
         self.state = WAITING
         self.thread = threading.get_ident()
+        self.error = None
+        self.permit = False
 
     def wait(self) -> Awaitable[Any]:
         raise NotImplementedError  # pragma: no cover
 
     def wake(self) -> bool:
-        """Resume the task on its loop; False if that loop is gone."""
+        """Resume the task on its loop; False if that loop is gone (closed or finished)."""
         raise NotImplementedError  # pragma: no cover
+
+    def raise_error(self) -> None:
+        """Raise the waiter thread's error in the task (a copy: many tasks may get it)."""
+        error = self.error
+        if error is None:
+            return
+        try:
+            fresh = copy.copy(error)
+        except Exception:  # an exception that cannot be copied: share it
+            fresh = error
+        raise fresh from error
 
 
 def _resolve(future: asyncio.Future[None]) -> None:
@@ -45,21 +76,29 @@ def _resolve(future: asyncio.Future[None]) -> None:
 class AsyncioWaiter(Waiter):
     __slots__ = ("future", "loop")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        super().__init__()
+    future: asyncio.Future[None]
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:  # hot: no super() call
+        self.state = WAITING
+        self.thread = _get_ident()
+        self.error = None
+        self.permit = False
         self.loop = loop
-        self.future: asyncio.Future[None] = loop.create_future()
+        self.future = loop.create_future()
 
     def wait(self) -> Awaitable[Any]:
         return self.future
 
     def wake(self) -> bool:
-        if threading.get_ident() == self.thread:
+        loop = self.loop
+        if loop.is_closed():
+            return False
+        if _get_ident() == self.thread:
             _resolve(self.future)
             return True
         try:
-            self.loop.call_soon_threadsafe(_resolve, self.future)
-        except RuntimeError:  # the loop was closed
+            loop.call_soon_threadsafe(_resolve, self.future)
+        except RuntimeError:  # the loop was closed meanwhile
             return False
         return True
 
@@ -68,7 +107,7 @@ class TrioWaiter(Waiter):
     __slots__ = ("event", "token")
 
     def __init__(self) -> None:
-        import trio  # the only other anyio backend
+        import trio
 
         super().__init__()
         self.event = trio.Event()
@@ -78,9 +117,16 @@ class TrioWaiter(Waiter):
         return self.event.wait()
 
     def wake(self) -> bool:
-        if threading.get_ident() == self.thread:
-            self.event.set()
-            return True
+        if threading.get_ident() == self.thread and _sniffed.name == "trio":
+            import trio
+
+            try:
+                same_run = trio.lowlevel.current_trio_token() is self.token
+            except RuntimeError:
+                same_run = False
+            if same_run:  # a release in the same trio run: no round trip through the token
+                self.event.set()
+                return True
         try:
             self.token.run_sync_soon(self.event.set)
         except RuntimeError:  # trio.RunFinishedError: the run is over
@@ -89,8 +135,13 @@ class TrioWaiter(Waiter):
 
 
 def new_waiter() -> Waiter:
-    try:
-        loop = asyncio.get_running_loop()
-    except RuntimeError:
+    """A waiter for the running task, on the loop sniffio says runs it."""
+    if _sniffed.name == "trio":
         return TrioWaiter()
+    try:
+        loop = _get_running_loop()
+    except RuntimeError:
+        if sniffio.current_async_library() == "trio":
+            return TrioWaiter()
+        raise
     return AsyncioWaiter(loop)

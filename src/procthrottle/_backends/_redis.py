@@ -106,6 +106,10 @@ class RedisSemaphore(HoldsPermits):
     to Dask workers. Raises :class:`RedisUnavailableError` when Redis cannot be reached.
     """
 
+    #: Every call is a network round trip: `AsyncSemaphore` makes them all in its waiter
+    #: thread, never on the event loop's thread.
+    _procthrottle_offload = True
+
     def __init__(
         self, client_or_url: redis.Redis | str, name: str, limit: int, *, lease: float = 30.0
     ) -> None:
@@ -311,9 +315,20 @@ def _rebuild(where: str | dict[str, Any], name: str, limit: int, lease: float) -
 
 
 class AsyncRedisSemaphore(AsyncSemaphore):
-    """``await`` a :class:`RedisSemaphore` on asyncio or trio (an :class:`AsyncSemaphore`
-    around one). Its non-blocking first try is one round trip to Redis on the loop's thread;
-    waits happen in the adapter's single waiter thread."""
+    """``await`` a `RedisSemaphore` on asyncio or trio (an `AsyncSemaphore` around one).
+
+    No Redis call runs on the event loop's thread once it is built: acquires (polling with a
+    backoff) and releases are made by the adapter's one waiter thread, so a stalled server
+    delays the tasks that wait for it, never the loop. A Redis outage while tasks wait reaches
+    them as `RedisUnavailableError`. Building it makes one round trip (it checks the limit), so
+    build it before the loop starts or accept that one call.
+
+    Args:
+        client_or_url: A ``redis.Redis`` client or a ``redis://`` URL.
+        name: The semaphore's name in Redis.
+        limit: Its number of permits.
+        lease: Seconds after which a dead holder's permit comes back.
+    """
 
     def __init__(
         self, client_or_url: redis.Redis | str, name: str, limit: int, *, lease: float = 30.0
