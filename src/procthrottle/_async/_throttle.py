@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 
 from .._kernel._semaphore import ProcessSemaphore
 from .._kernel._validate import check_limit, check_timeout
+from .._rate._gates import rate_gate
 from ._semaphore import AsyncSemaphore, SyncSemaphore
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -45,35 +46,6 @@ def _is_async_callable(fn: Any) -> bool:
     )
 
 
-def _check_rate(rate: object) -> None:
-    if rate is None:
-        return
-    if isinstance(rate, str | bool | int | float) or not callable(getattr(rate, "acquire", None)):
-        raise TypeError(
-            "rate must be None or a rate limiter (an object with acquire(), e.g. "
-            f"procthrottle.RateLimiter(10, per=1.0)), not {type(rate).__name__}"
-        )
-
-
-async def _await_rate(rate: Any, timeout: float | None) -> bool:
-    """RATE HOOK (async): wait for the rate limiter's turn; False if ``timeout`` passed.
-
-    INTEGRATION POINT: the integrator wires ``RateLimiter``/``AsyncRateLimiter`` in here (and
-    in `_take_rate` below). Today: an async ``acquire`` is awaited; a sync limiter is asked
-    without blocking the loop... by blocking it, which only a non-waiting limiter may do.
-    """
-    result = rate.acquire(timeout=timeout) if timeout is not None else rate.acquire()
-    if inspect.isawaitable(result):
-        result = await result
-    return result is not False
-
-
-def _take_rate(rate: Any, timeout: float | None) -> bool:
-    """RATE HOOK (sync): block until the rate limiter allows a call; False on timeout."""
-    result = rate.acquire(timeout=timeout) if timeout is not None else rate.acquire()
-    return result is not False
-
-
 def throttle(
     limit_or_semaphore: int | ProcessSemaphore | AsyncSemaphore | None = None,
     *,
@@ -95,8 +67,11 @@ def throttle(
 
     Args:
         limit_or_semaphore: An `int` limit, a `ProcessSemaphore` or an `AsyncSemaphore`.
-        rate: A rate limiter each call also waits for (after it got its permit, so the calls
-            *start* at the rate), or None.
+        rate: A rate each call also waits for, after it got its permit (so the calls *start*
+            at the rate): a `RateLimiter`, an `AsyncRateLimiter`, a string such as ``"10/s"``
+            or a number per second (a new anonymous `RateLimiter`, shared with forked children
+            like an ``int`` limit), a `RedisRateLimiter` (sync functions) or an
+            `AsyncRedisRateLimiter`; or None. Async functions sleep on the event loop.
         timeout: Seconds to wait for the permit (and the rate) at most; None waits forever.
 
     Returns:
@@ -115,13 +90,14 @@ def throttle(
             "throttle needs a limit: use @throttle(N) (or @throttle(semaphore), "
             "@throttle(rate=...)), not a bare @throttle"
         )
-    _check_rate(rate)
-    if limit_or_semaphore is None and rate is None:
+    gate = rate_gate(rate)
+    if limit_or_semaphore is None and gate is None:
         raise TypeError(
             "throttle needs a limit, a semaphore or a rate: use @throttle(N), "
             "@throttle(semaphore) or @throttle(rate=limiter)"
         )
     timeout = check_timeout(timeout)
+    take_rate = None if gate is None else gate.sync
     adapter: _Adapter | None
     sync_sem: ProcessSemaphore | SyncSemaphore | None
     if limit_or_semaphore is None:
@@ -157,6 +133,11 @@ def throttle(
                 "Use `async with sem:` (an AsyncSemaphore) inside the generator instead"
             )
         if _is_async_callable(fn):
+            if gate is not None and not gate.awaitable:
+                raise TypeError(
+                    f"rate={gate.limiter!r} blocks, so it cannot bound the async function "
+                    f"{_name(fn)}: pass a RateLimiter or an AsyncRedisRateLimiter instead"
+                )
             return _wrap_async(fn)  # type: ignore[return-value]
         return _wrap_sync(fn)  # type: ignore[return-value]
 
@@ -171,7 +152,7 @@ def throttle(
             if sem is not None and not await sem.acquire(timeout=timeout):
                 raise too_slow(fn)
             try:
-                if rate is not None and not await _await_rate(rate, _left(deadline)):
+                if gate is not None and not await gate.wait(_left(deadline)):
                     raise too_slow(fn)
                 return await fn(*args, **kwargs)
             finally:
@@ -187,7 +168,7 @@ def throttle(
             if sync_sem is not None and not sync_sem.acquire(True, timeout):
                 raise too_slow(fn)
             try:
-                if rate is not None and not _take_rate(rate, _left(deadline)):
+                if take_rate is not None and not take_rate(_left(deadline)):
                     raise too_slow(fn)
                 return fn(*args, **kwargs)
             finally:
