@@ -35,15 +35,10 @@ KNOWN_UNDOCUMENTED = {
     "procthrottle.ThrottledExecutor.executor",
     "procthrottle.ThrottledExecutor.semaphore",
     "procthrottle.ThrottledProcessPool.limit",
-    "procthrottle.redis.RedisSemaphore.limit",
-    "procthrottle.redis.RedisSemaphore.name",
 }
 # Source files that still contain Sphinx roles (rendered as links meanwhile by
 # scripts/griffe_sphinx_roles.py); the count must only go down.
 KNOWN_SPHINX_ROLES = {
-    "src/procthrottle/_async/_throttle.py": 2,
-    "src/procthrottle/_async/_wakeup.py": 1,
-    "src/procthrottle/_backends/_redis.py": 4,
     "src/procthrottle/_pool/_pool.py": 2,
     "src/procthrottle/_pool/_worker.py": 1,
 }

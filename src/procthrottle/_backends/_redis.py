@@ -99,11 +99,11 @@ def _describe(client: redis.Redis) -> str:
 class RedisSemaphore(HoldsPermits):
     """A semaphore shared through Redis by every process, on any machine, that opens ``name``.
 
-    Same interface as :class:`~procthrottle.ProcessSemaphore`. Permits are leases: a holder that
+    Same interface as `ProcessSemaphore`. Permits are leases: a holder that
     dies loses them after at most ``lease`` seconds, while a live holder's are renewed in the
     background. A permit is released by the handle that acquired it (``ValueError`` otherwise).
     Pickles as its connection settings and name, so it can be passed to other processes and
-    to Dask workers. Raises :class:`RedisUnavailableError` when Redis cannot be reached.
+    to Dask workers. Raises `RedisUnavailableError` when Redis cannot be reached.
     """
 
     #: Every call is a network round trip: `AsyncSemaphore` makes them all in its waiter
@@ -193,10 +193,12 @@ class RedisSemaphore(HoldsPermits):
 
     @property
     def limit(self) -> int:
+        """How many permits the semaphore has (leases alive at once, at most)."""
         return self._limit
 
     @property
     def name(self) -> str:
+        """The semaphore's name: every client that uses this name shares its permits."""
         return self._name
 
     @property
