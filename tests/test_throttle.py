@@ -169,7 +169,7 @@ def test_bare_decorator_and_no_arguments_say_what_to_do() -> None:
     with pytest.raises(TypeError, match=r"use @throttle\(N\)"):
         throttle()
     with pytest.raises(TypeError, match="rate must be"):
-        throttle(2, rate=5)
+        throttle(2, rate=object())
 
 
 class CountingRate:

@@ -107,3 +107,10 @@ def test_bad_rates_are_refused_when_decorating() -> None:
 
     with pytest.raises(TypeError, match="cannot bound the async function"):
         decorate(coroutine)
+
+    class AwaitOnly:  # a limiter that can only be awaited
+        async def acquire(self, timeout: Any = None) -> bool:
+            return True
+
+    with pytest.raises(TypeError, match="can only be awaited"):
+        throttle(rate=AwaitOnly())(lambda: 3)

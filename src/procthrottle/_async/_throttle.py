@@ -139,6 +139,11 @@ def throttle(
                     f"{_name(fn)}: pass a RateLimiter or an AsyncRedisRateLimiter instead"
                 )
             return _wrap_async(fn)  # type: ignore[return-value]
+        if gate is not None and take_rate is None:
+            raise TypeError(
+                f"rate={gate.limiter!r} can only be awaited, so it cannot bound the function "
+                f"{_name(fn)}: pass a RateLimiter instead"
+            )
         return _wrap_sync(fn)  # type: ignore[return-value]
 
     def too_slow(fn: Callable[..., Any]) -> TimeoutError:

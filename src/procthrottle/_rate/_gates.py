@@ -25,7 +25,7 @@ class RateGate:
 
     __slots__ = ("_async", "limiter", "sync")
 
-    def __init__(self, limiter: Any, sync: SyncGate | None, async_: AsyncRateLimiter | None):
+    def __init__(self, limiter: Any, sync: SyncGate | None, async_: Any):
         self.limiter = limiter
         self.sync = sync
         self._async = async_
@@ -38,7 +38,7 @@ class RateGate:
     async def wait(self, timeout: float | None) -> bool:
         """Await a turn (False when `timeout` passed first)."""
         assert self._async is not None, "checked by the caller through `awaitable`"
-        return await self._async.acquire(timeout=timeout)
+        return bool(await self._async.acquire(timeout=timeout))
 
 
 def rate_gate(rate: object) -> RateGate | None:
@@ -59,7 +59,9 @@ def rate_gate(rate: object) -> RateGate | None:
         limiter = RateLimiter(rate)
         return RateGate(limiter, _sync(limiter), AsyncRateLimiter(limiter))
     acquire = getattr(rate, "acquire", None)
-    if callable(acquire) and not inspect.iscoroutinefunction(acquire):  # RedisRateLimiter
+    if callable(acquire):  # duck-typed: RedisRateLimiter (blocks) or an async-only limiter
+        if inspect.iscoroutinefunction(acquire):
+            return RateGate(rate, None, rate)
         return RateGate(rate, _sync(rate), None)
     raise TypeError(
         "rate must be a RateLimiter, an AsyncRateLimiter, a rate string such as '10/s' or "
@@ -73,10 +75,18 @@ def sync_rate_limiter(rate: object) -> Any:
 
     Returns None for None; a `RateLimiter` (made from a string or number if need be), the
     `RedisRateLimiter` behind an `AsyncRedisRateLimiter`, or the object given.
+
+    Raises:
+        TypeError: `rate` is not a rate, or can only be awaited.
     """
     gate = rate_gate(rate)
     if gate is None:
         return None
+    if gate.sync is None:
+        raise TypeError(
+            f"rate={rate!r} can only be awaited; pool workers and executors block: pass a "
+            "RateLimiter (or a RedisRateLimiter) instead"
+        )
     return gate.limiter.limiter if isinstance(gate.limiter, AsyncRateLimiter) else gate.limiter
 
 
