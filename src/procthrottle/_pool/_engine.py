@@ -186,10 +186,10 @@ class Engine:
         with self.lock:
             if self.broken is not None:
                 raise BrokenProcessPool(str(self.broken))
-            if self.closing:
-                raise RuntimeError("cannot schedule new futures after shutdown")
             if _exiting:
                 raise RuntimeError("cannot schedule new futures after interpreter shutdown")
+            if self.closing:
+                raise RuntimeError("cannot schedule new futures after shutdown")
             self.queue.append(task)
             self.counts["submitted"] += 1
             wake, self.sleeping = self.sleeping, False
