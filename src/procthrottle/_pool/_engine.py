@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import itertools
 import logging
 import os
 import pickle
@@ -83,7 +84,8 @@ class Worker:
         self.reader = _wire.FrameReader(self.result_fd)
         self.shared, self.lock = shared, lock
         self.inflight: dict[int, Task] = {}  # seq -> task, in the order sent
-        self.out = bytearray()  # task frames not yet accepted by the pipe
+        self.out: deque[bytes | memoryview] = deque()  # frame parts the pipe has not taken
+        self.out_bytes = 0
         self.writing = False  # task_fd is registered for EVENT_WRITE
         self.next_seq = 1
         self.assigned = 0  # tasks sent and not revoked: max_tasks_per_child counts these
@@ -393,7 +395,7 @@ class Engine:
         if not worker.ready or worker.dead:
             return 0
         if worker.inflight and (
-            worker.bytes_ahead >= MAX_BYTES_AHEAD or len(worker.out) >= MAX_BYTES_AHEAD
+            worker.bytes_ahead >= MAX_BYTES_AHEAD or worker.out_bytes >= MAX_BYTES_AHEAD
         ):
             return 0
         if worker.next_seq - worker.claimed() >= RING_SIZE - 1:
@@ -436,7 +438,10 @@ class Engine:
                 worker.inflight[seq] = task
                 worker.bytes_ahead += task.nbytes
                 worker.assigned += 1
-                worker.out += _wire.task_frame(seq, payload)
+                header = _wire.task_header(seq, len(payload))
+                worker.out.append(header)
+                worker.out.append(payload)  # not copied: written from where pickle put it
+                worker.out_bytes += len(header) + len(payload)
                 del payload
                 if worker.bytes_ahead >= MAX_BYTES_AHEAD:
                     break
@@ -483,14 +488,23 @@ class Engine:
     def _flush(self, worker: Worker) -> None:
         out = worker.out
         while out and not worker.dead:
+            parts = list(itertools.islice(out, 512))
             try:
-                written = os.write(worker.task_fd, out)
+                written = os.writev(worker.task_fd, parts)
             except BlockingIOError:
                 break
             except OSError:  # the worker is gone; its sentinel tells the rest
                 out.clear()
+                worker.out_bytes = 0
                 break
-            del out[:written]
+            worker.out_bytes -= written
+            for part in parts:
+                if written >= len(part):
+                    written -= len(part)
+                    out.popleft()
+                else:
+                    out[0] = memoryview(part)[written:]
+                    break
         want = bool(out) and not worker.dead
         if want != worker.writing:
             if want:
@@ -673,6 +687,7 @@ class Engine:
                 self.selector.unregister(worker.task_fd)
             worker.writing = False
         worker.out.clear()
+        worker.out_bytes = 0
         worker.task_conn.close()
         worker.result_conn.close()
         worker.result_fd = -1

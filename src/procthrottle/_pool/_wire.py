@@ -30,8 +30,8 @@ def frame(body: bytes) -> bytes:
     return LENGTH.pack(len(body)) + body
 
 
-def task_frame(seq: int, payload: bytes) -> bytes:
-    return LENGTH.pack(TASK.size + len(payload)) + TASK.pack(seq) + payload
+def task_header(seq: int, size: int) -> bytes:
+    return LENGTH.pack(TASK.size + size) + TASK.pack(seq)
 
 
 def result_frame(seq: int, kind: int, seconds: float, payload: bytes) -> bytes:
