@@ -654,7 +654,8 @@ class Engine:
                 f"worker processes died {self.start_failures} times in a row before they were "
                 f"ready (the last one, pid {worker.pid}, {describe_exit(code)})"
             )
-        logger.error("procthrottle: %s", broken)
+        if self.broken is None:
+            logger.error("procthrottle: %s", broken)
         self._break(broken)
 
     def _break(self, broken: BrokenProcessPool) -> None:

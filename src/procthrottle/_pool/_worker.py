@@ -117,6 +117,11 @@ def call_chunk(fn: Callable[..., Any], chunk: list[tuple[Any, ...]]) -> list[Any
 
 def main(boot: WorkerBoot) -> None:
     """A worker's life: initializer, then tasks until STOP, EOF, or ``max_tasks``."""
+    with suppress(BrokenPipeError):  # the pool is gone or broken: nobody wants results
+        _serve(boot)
+
+
+def _serve(boot: WorkerBoot) -> None:
     global _state, _in_task
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     for fd in boot.close_fds:  # fork: the other workers' task pipes, so they see EOF
@@ -147,6 +152,8 @@ def main(boot: WorkerBoot) -> None:
         (seq,) = _wire.TASK.unpack_from(body)
         if seq == _wire.STOP:
             return
+        if shared[RING + seq % RING_SIZE] == seq:  # revoked already: skip the gates
+            continue
         if task_mode:
             state.enter()
         with lock:  # claim it, unless the parent revoked it first
