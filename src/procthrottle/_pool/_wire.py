@@ -20,6 +20,7 @@ from .._exceptions import ProcThrottleError
 
 LENGTH = struct.Struct("!I")
 TASK = struct.Struct("!q")
+TASK_HEADER = struct.Struct("!Iq")
 RESULT = struct.Struct("!qBd")
 STOP = -1
 OK, ERROR, READY, INIT_FAILED = range(4)
@@ -31,7 +32,7 @@ def frame(body: bytes) -> bytes:
 
 
 def task_header(seq: int, size: int) -> bytes:
-    return LENGTH.pack(TASK.size + size) + TASK.pack(seq)
+    return TASK_HEADER.pack(TASK.size + size, seq)
 
 
 def result_frame(seq: int, kind: int, seconds: float, payload: bytes) -> bytes:
@@ -63,20 +64,24 @@ class FrameReader:
             raise
         if not data:
             raise EOFError
-        self.buffer += data
-        return self.frames()
+        if self.buffer:
+            self.buffer += data
+            data = bytes(self.buffer)
+            self.buffer.clear()
+        return self._split(data)
 
-    def frames(self) -> list[bytes]:
+    def _split(self, data: bytes) -> list[bytes]:
+        """Complete frames of ``data`` (one copy each); keep the incomplete tail."""
         frames = []
-        buffer, start, end = self.buffer, 0, len(self.buffer)
-        while end - start >= LENGTH.size:
-            (size,) = LENGTH.unpack_from(buffer, start)
-            if end - start - LENGTH.size < size:
+        start, end, header = 0, len(data), LENGTH.size
+        while end - start >= header:
+            (size,) = LENGTH.unpack_from(data, start)
+            if end - start - header < size:
                 break
-            frames.append(bytes(buffer[start + LENGTH.size : start + LENGTH.size + size]))
-            start += LENGTH.size + size
-        if start:
-            del buffer[:start]
+            frames.append(data[start + header : start + header + size])
+            start += header + size
+        if start < end:
+            self.buffer += data[start:]
         return frames
 
 

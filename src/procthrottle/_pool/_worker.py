@@ -90,6 +90,11 @@ class WorkerState:
 
     def enter(self) -> None:
         """Wait for the rate gate (if any), take a permit, and record the peak seen."""
+        self.gate()
+        self.take()
+
+    def gate(self) -> None:
+        """Wait until the rate allows one more task (or section)."""
         # ---- RATE GATE -------------------------------------------------------------------
         # The one place a pool task waits for `rate=`: before the task in task mode, at
         # critical_section() entry in section mode. `rate` is None or an object with
@@ -97,6 +102,9 @@ class WorkerState:
         if self.rate is not None:
             self.rate.acquire()
         # ------------------------------------------------------------------------------------
+
+    def take(self) -> None:
+        """Take a permit and record the peak number of holders seen."""
         sem, peak = self.semaphore, self.peak
         sem.acquire()
         if peak.value < sem.limit:  # once the peak is the limit, it can't grow: skip the read
@@ -141,47 +149,58 @@ def _serve(boot: WorkerBoot) -> None:
     task_mode = not boot.section_mode
     left = boot.max_tasks
     queue: deque[bytes] = deque()
-    while left is None or left > 0:
-        if not queue:
-            try:
-                queue.extend(reader.read())
-            except EOFError:
+    holding = False  # task mode: the permit is kept from one task to the next while more wait
+    try:
+        while left is None or left > 0:
+            if not queue:
+                if holding:
+                    state.semaphore.release()
+                    holding = False
+                try:
+                    queue.extend(reader.read())
+                except EOFError:
+                    return
+                continue
+            body = queue.popleft()
+            (seq,) = _wire.TASK.unpack_from(body)
+            if seq == _wire.STOP:
                 return
-            continue
-        body = queue.popleft()
-        (seq,) = _wire.TASK.unpack_from(body)
-        if seq == _wire.STOP:
-            return
-        if shared[RING + seq % RING_SIZE] == seq:  # revoked already: skip the gates
-            continue
-        if task_mode:
-            state.enter()
-        with lock:  # claim it, unless the parent revoked it first
-            revoked = shared[RING + seq % RING_SIZE] == seq
-            if not revoked:
-                shared[STARTED_NS] = time.monotonic_ns()
-                shared[CLAIMED] = seq
-        if revoked:
+            if shared[RING + seq % RING_SIZE] == seq:  # revoked already: skip the gates
+                continue
             if task_mode:
+                state.gate()
+                if not holding:
+                    state.take()
+                    holding = True
+            with lock:  # claim it, unless the parent revoked it first
+                revoked = shared[RING + seq % RING_SIZE] == seq
+                if not revoked:
+                    shared[STARTED_NS] = time.monotonic_ns()
+                    shared[CLAIMED] = seq
+            if revoked:
+                continue
+            start = time.perf_counter()
+            _in_task = True
+            try:
+                fn, args, kwargs = pickle.loads(memoryview(body)[_wire.TASK.size :])
+                del body
+                kind, payload = _wire.dumps_result(fn(*args, **kwargs))
+            except BaseException as exc:  # the task's own error, whatever it is
+                kind, payload = _wire.ERROR, _wire.encode_error(exc)
+            finally:
+                _in_task = False
+            fn = args = kwargs = None
+            seconds = time.perf_counter() - start
+            if holding and not queue:  # release before the parent hears: the bound is exact
                 state.semaphore.release()
-            continue
-        start = time.perf_counter()
-        _in_task = True
-        try:
-            fn, args, kwargs = pickle.loads(memoryview(body)[_wire.TASK.size :])
-            del body
-            kind, payload = _wire.dumps_result(fn(*args, **kwargs))
-        except BaseException as exc:  # the task's own error, whatever it is
-            kind, payload = _wire.ERROR, _wire.encode_error(exc)
-        finally:
-            _in_task = False
-            if task_mode:
-                state.semaphore.release()
-        fn = args = kwargs = None
-        _wire.write_all(out, _wire.result_frame(seq, kind, time.perf_counter() - start, payload))
-        del payload
-        if left is not None:
-            left -= 1
+                holding = False
+            _wire.write_all(out, _wire.result_frame(seq, kind, seconds, payload))
+            del payload
+            if left is not None:
+                left -= 1
+    finally:
+        if holding:
+            state.semaphore.release()
 
 
 def refuse_import_time_pool() -> None:
