@@ -111,6 +111,7 @@ def describe_exit(code: int | None) -> str:
 
 
 Resolution = tuple["Future[Any]", bool, Any]  # (future, ok, value or exception)
+Planned = tuple[Worker, Task, int, tuple[Any, Any, Any]]  # (worker, task, seq, (fn, args, kwargs))
 
 
 class Engine:
@@ -152,6 +153,7 @@ class Engine:
             0,
         )
         self.average: float | None = None  # seconds per task, running average
+        self.payload_size = 0  # bytes per pickled task, running average
         self.closing = False  # no new tasks: finish the queue, then stop
         self.broken: BrokenProcessPool | None = None
         self.start_failures = 0
@@ -349,38 +351,45 @@ class Engine:
             self.finished.set()
 
     def _step(self) -> bool:
+        """One turn: plan what to send (locked), pickle and write it (unlocked: submit() and
+        cancel() are never held up by pickling or system calls), wait, read, handle."""
         resolutions: list[Resolution] = []
         with self.lock:
             if self.broken is not None:
                 return False
-            self._dispatch(resolutions)
-            timeout = self._balance(resolutions)
-            for worker in self.workers:
-                self._flush(worker)
-            if self.closing and not self.queue and not any(w.inflight for w in self.workers):
-                finish = True
-            else:
-                finish = False
-                timeout = _earliest(timeout, self._check_timeouts())
-                self.sleeping = True
+            plan: list[Planned] = []
+            self._plan(plan)
+            retry = self._balance(plan)
+        self._send(plan, resolutions)
+        with self.lock:
+            finish = self.closing and not self.queue and not any(w.inflight for w in self.workers)
+            timeout: float | None = 0.0
+            if not finish and not self._can_plan():
+                timeout = _earliest(retry, self._check_timeouts())
+                self.sleeping = True  # from here on, submit() wakes us
+        for worker in list(self.workers):
+            self._flush(worker)
         _resolve(resolutions, self)
         if finish:
             return False
         events = self.selector.select(timeout)
+        reads: list[tuple[Worker, list[bytes]]] = []
+        exited: list[Worker] = []
+        for key, _ in events:
+            worker = key.data
+            if worker is None:
+                with contextlib.suppress(BlockingIOError):
+                    os.read(self.wake_r, 4096)
+            elif key.fd == worker.task_fd:
+                self._flush(worker)
+            elif key.fd == worker.result_fd:
+                reads.append((worker, self._read(worker)))
+            elif not worker.dead:
+                exited.append(worker)
         with self.lock:
             self.sleeping = False
-            exited: list[Worker] = []
-            for key, _ in events:
-                worker = key.data
-                if worker is None:
-                    with contextlib.suppress(BlockingIOError):
-                        os.read(self.wake_r, 4096)
-                elif key.fd == worker.task_fd:
-                    self._flush(worker)
-                elif key.fd == worker.result_fd:
-                    self._read(worker, resolutions)
-                elif not worker.dead:
-                    exited.append(worker)
+            for worker, frames in reads:
+                self._handle(worker, frames, resolutions)
             for worker in exited:
                 self._on_exit(worker, resolutions)
         _resolve(resolutions, self)
@@ -405,14 +414,16 @@ class Engine:
             room = min(room, self.max_tasks - worker.assigned)
         return room
 
-    def _dispatch(self, resolutions: list[Resolution]) -> None:
-        """Send queued tasks to workers, the least loaded first, each up to its depth."""
+    def _plan(self, plan: list[Planned]) -> None:
+        """Assign queued tasks to workers, the least loaded first, each up to its depth
+        (caller holds the lock; `_send` pickles and writes them)."""
         queue = self.queue
         while queue and queue[0].state != QUEUED:
             queue.popleft()
         if not queue:
             return
         depth = self._depth()
+        guess = self.payload_size
         eligible = [w for w in self.workers if self._room(w, depth) > 0]
         while queue and eligible:
             worker = min(eligible, key=lambda w: len(w.inflight))
@@ -423,32 +434,79 @@ class Engine:
                 task = queue.popleft()
                 if task.state != QUEUED:
                     continue
-                try:
-                    payload = _wire.dumps_task(task.fn, task.args, task.kwargs)
-                except BaseException as exc:
-                    task.state = DONE
-                    task.fn = task.args = task.kwargs = None  # type: ignore[assignment]
-                    self.counts["failed"] += 1
-                    resolutions.append((task.future, False, exc))
-                    continue
                 seq = worker.next_seq
                 worker.next_seq += 1
-                task.state, task.seq, task.worker = SENT, seq, worker
-                task.nbytes = len(payload)
+                task.state, task.seq, task.worker, task.nbytes = SENT, seq, worker, guess
                 worker.inflight[seq] = task
-                worker.bytes_ahead += task.nbytes
+                worker.bytes_ahead += guess
                 worker.assigned += 1
-                header = _wire.task_header(seq, len(payload))
-                worker.out.append(header)
-                worker.out.append(payload)  # not copied: written from where pickle put it
-                worker.out_bytes += len(header) + len(payload)
-                del payload
+                plan.append((worker, task, seq, (task.fn, task.args, task.kwargs)))
                 if worker.bytes_ahead >= MAX_BYTES_AHEAD:
                     break
             if self._room(worker, depth) <= 0:
                 eligible.remove(worker)
 
-    def _balance(self, resolutions: list[Resolution]) -> float | None:
+    def _can_plan(self) -> bool:
+        """Is a queued task waiting for a worker with room? (caller holds the lock)"""
+        if not any(task.state == QUEUED for task in self.queue):
+            return False
+        depth = self._depth()
+        return any(self._room(w, depth) > 0 for w in self.workers)
+
+    def _send(self, plan: list[Planned], resolutions: list[Resolution]) -> None:
+        """Pickle planned tasks without the lock, then queue their frames for the pipes. A
+        task cancelled meanwhile was revoked: its frame is simply not sent."""
+        if not plan:
+            return
+        payloads: list[bytes | BaseException | None] = []
+        budget: dict[Worker, int] = {}
+        sent_any: set[Worker] = set()
+        for worker, task, _, (fn, args, kwargs) in plan:
+            ahead = budget.setdefault(worker, worker.bytes_ahead)
+            if ahead >= MAX_BYTES_AHEAD and worker in sent_any:
+                payloads.append(None)  # enough bytes on their way: the rest waits its turn
+                continue
+            try:
+                data = _wire.dumps_task(fn, args, kwargs)
+            except BaseException as exc:
+                payloads.append(exc)
+            else:
+                budget[worker] = ahead + len(data) - task.nbytes
+                sent_any.add(worker)
+                payloads.append(data)
+        back: list[Task] = []
+        with self.lock:
+            for (worker, task, seq, _), payload in zip(plan, payloads, strict=True):
+                if task.state != SENT or task.worker is not worker or task.seq != seq:
+                    continue  # revoked (cancelled, or moved) while we pickled
+                if payload is None:  # never written: back to the queue, in order
+                    del worker.inflight[seq]
+                    worker.bytes_ahead -= task.nbytes
+                    worker.assigned -= 1
+                    task.state, task.worker = QUEUED, None
+                    back.append(task)
+                    continue
+                if isinstance(payload, BaseException):
+                    del worker.inflight[seq]
+                    worker.bytes_ahead -= task.nbytes
+                    worker.assigned -= 1
+                    task.state, task.worker = DONE, None
+                    task.fn = task.args = task.kwargs = None  # type: ignore[assignment]
+                    self.counts["failed"] += 1
+                    resolutions.append((task.future, False, payload))
+                    continue
+                size = len(payload)
+                worker.bytes_ahead += size - task.nbytes
+                task.nbytes = size
+                self.payload_size = (self.payload_size * 7 + size) // 8
+                header = _wire.task_header(seq, size)
+                worker.out.append(header)
+                worker.out.append(payload)  # not copied: written from where pickle put it
+                worker.out_bytes += len(header) + size
+            self.queue.extendleft(reversed(back))
+        plan.clear()
+
+    def _balance(self, plan: list[Planned]) -> float | None:
         """Move tasks waiting behind a running one to an idle worker. Returns when to look
         again if a steal was put off."""
         if self.queue:
@@ -482,7 +540,7 @@ class Engine:
             self.counts["requeued"] += len(stolen)
             idle.pop()
         if self.queue:
-            self._dispatch(resolutions)
+            self._plan(plan)
         return retry
 
     def _flush(self, worker: Worker) -> None:
@@ -513,14 +571,15 @@ class Engine:
                 self.selector.unregister(worker.task_fd)
             worker.writing = want
 
-    def _read(self, worker: Worker, resolutions: list[Resolution]) -> None:
+    def _read(self, worker: Worker) -> list[bytes]:
+        """What the worker's result pipe holds now (manager thread; no lock needed)."""
         try:
-            frames = worker.reader.read()
+            return worker.reader.read()
         except EOFError:
-            frames = []
-            self.selector.unregister(worker.result_fd)
+            with contextlib.suppress(KeyError, ValueError):
+                self.selector.unregister(worker.result_fd)
             worker.result_fd = -1
-        self._handle(worker, frames, resolutions)
+            return []
 
     def _handle(self, worker: Worker, frames: list[bytes], resolutions: list[Resolution]) -> None:
         size = _wire.RESULT.size

@@ -28,6 +28,8 @@ class TaskFuture(Future[T]):
         self._task: Any = None
 
     def cancel(self) -> bool:
+        if self._state == "FINISHED":  # fast path: map() cancels every future it leaves
+            return False
         owner = self._owner
         if owner is None:
             return super().cancel()
