@@ -211,3 +211,27 @@ def run_script(code: str, timeout: float = 60, **popen: object) -> subprocess.Co
 
 _TESTS = os.path.dirname(os.path.abspath(__file__))
 _SRC = os.path.join(os.path.dirname(_TESTS), "src")
+
+
+class _SlowClaimClock:
+    """Stands in for the worker's `time` module: each claim (which reads monotonic_ns under the
+    worker's claim lock) records this pid in ``marker`` and then stalls, widening the window
+    between "the worker decides to run a task" and "the parent sees the claim"."""
+
+    def __init__(self, marker: str, seconds: float) -> None:
+        self.marker, self.seconds = marker, seconds
+
+    def monotonic_ns(self) -> int:
+        count_start(self.marker, os.getpid())
+        time.sleep(self.seconds)
+        return time.monotonic_ns()
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(time, name)
+
+
+def slow_claims(marker: str, seconds: float) -> None:
+    """Pool initializer: every claim in this worker stalls ``seconds`` inside the claim lock."""
+    from procthrottle._pool import _worker
+
+    _worker.time = _SlowClaimClock(marker, seconds)  # type: ignore[assignment]

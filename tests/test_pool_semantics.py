@@ -232,3 +232,42 @@ def test_ctrl_c_during_map_exits_fast_and_cancels_the_rest(tmp_path: Path) -> No
     assert err.count("Traceback") == 1, err  # the parent's only, none from the workers
     assert took < 5  # PPE: 0.7 s; the running tasks finish (0.3 s each)
     assert len(tasks.starts(starts)) <= 12
+
+
+def test_cancel_racing_a_claim_is_decided_once(tmp_path: Path) -> None:
+    """Every claim stalls 50 ms inside the worker's claim lock while we cancel everything:
+    cancel() returns True exactly for the tasks that never start, and the others run once."""
+    starts, marker = str(tmp_path / "starts"), str(tmp_path / "claims")
+    ctx = multiprocessing.get_context("fork")
+    with ThrottledProcessPool(
+        2, 2, mp_context=ctx, initializer=tasks.slow_claims, initargs=(marker, 0.05)
+    ) as pool:
+        futures = [pool.submit(tasks.count_start, starts, i) for i in range(40)]
+        wait_until(lambda: len(tasks.starts(marker)) >= 3)  # claims are under way
+        outcome = [f.cancel() for f in futures]
+    started = collections.Counter(tasks.starts(starts))
+    assert all(n == 1 for n in started.values())
+    assert set(started) == {i for i, ok in enumerate(outcome) if not ok}
+    assert 0 < sum(outcome) < 40
+
+
+def test_a_worker_killed_inside_its_claim_lock_does_not_hang_cancel(tmp_path: Path) -> None:
+    """SIGKILL while the worker holds its claim lock (the lock is never released): cancel()
+    of a task it holds still returns promptly, and the task it was about to claim runs once,
+    on its replacement."""
+    starts, marker = str(tmp_path / "starts"), str(tmp_path / "claims")
+    ctx = multiprocessing.get_context("fork")
+    with ThrottledProcessPool(
+        1, 1, mp_context=ctx, initializer=tasks.slow_claims, initargs=(marker, 2.0)
+    ) as pool:
+        first = pool.submit(tasks.count_start, starts, 1)
+        second = pool.submit(tasks.count_start, starts, 2)
+        wait_until(lambda: len(tasks.starts(marker)) >= 1)
+        import os
+
+        os.kill(tasks.starts(marker)[0], signal.SIGKILL)
+        begun = time.monotonic()
+        assert second.cancel()
+        assert time.monotonic() - begun < 2
+        assert first.result(timeout=60) == 1
+    assert tasks.starts(starts) == [1]

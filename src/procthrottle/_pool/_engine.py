@@ -44,6 +44,8 @@ STEAL_AFTER = 0.002
 #: Workers that die before they are ready this many times in a row break the pool.
 MAX_START_FAILURES = 3
 PIPE_SIZE = 1 << 20
+#: While every worker has queued work, results are read at most this often.
+GATHER_SECONDS = 0.0002
 
 QUEUED, SENT, DONE, CANCELLED = range(4)
 
@@ -364,6 +366,7 @@ class Engine:
         with self.lock:
             finish = self.closing and not self.queue and not any(w.inflight for w in self.workers)
             timeout: float | None = 0.0
+            streaming = sum(len(w.inflight) for w in self.workers) > 2 * len(self.workers)
             if not finish and not self._can_plan():
                 timeout = _earliest(retry, self._check_timeouts())
                 self.sleeping = True  # from here on, submit() wakes us
@@ -372,6 +375,10 @@ class Engine:
         _resolve(resolutions, self)
         if finish:
             return False
+        if streaming and timeout != 0.0:
+            # Workers are busy with queued work: let results gather for a moment, so that
+            # they are read, and the caller woken, in groups rather than one by one.
+            time.sleep(GATHER_SECONDS)
         events = self.selector.select(timeout)
         reads: list[tuple[Worker, list[bytes]]] = []
         exited: list[Worker] = []

@@ -261,18 +261,24 @@ class ThrottledProcessPool(Executor):
         chunksize = check_positive("chunksize", chunksize)
         _optional_positive("buffersize", buffersize)
         deadline = None if timeout is None else time.monotonic() + timeout
-        calls = zip(*iterables)  # noqa: B905 - shortest wins, as in Executor.map
-        pending = self._submit_all(fn, calls, chunksize, buffersize)
+        pending = self._submit_all(fn, iterables, chunksize, buffersize)
         results = _collect(pending, deadline, chunksize > 1)
         return _with_progress(results) if progress else results
 
     def _submit_all(
         self,
         fn: Callable[..., Any],
-        calls: Iterator[tuple[Any, ...]],
+        iterables: tuple[Iterable[Any], ...],
         chunksize: int,
         buffersize: int | None,
     ) -> _Pending:
+        single = len(iterables) == 1
+        if single:  # chunks of items, not of 1-tuples: cheaper to build and to pickle
+            calls: Iterator[Any] = iter(iterables[0])
+            runner: Callable[..., Any] = _worker.call_chunk_single
+        else:
+            calls = zip(*iterables)  # noqa: B905 - shortest wins, as in Executor.map
+            runner = _worker.call_chunk
         if chunksize == 1:
             units: Iterator[Any] = calls
         else:
@@ -282,8 +288,8 @@ class ThrottledProcessPool(Executor):
 
         def submit(unit: Any) -> Future[Any]:
             if chunksize == 1:
-                return engine.submit(fn, unit, {}, limit)
-            return engine.submit(_worker.call_chunk, (fn, unit), {}, limit)
+                return engine.submit(fn, (unit,) if single else unit, {}, limit)
+            return engine.submit(runner, (fn, unit), {}, limit)
 
         return _Pending(submit, units, ahead)
 
@@ -349,8 +355,7 @@ class ThrottledProcessPool(Executor):
             _optional_positive("buffersize", buffersize) or 2 * self._max_workers * chunksize
         )
         chunksize = check_positive("chunksize", chunksize)
-        calls = ((item,) for item in iterable)
-        pending = self._submit_all(fn, calls, chunksize, buffersize)
+        pending = self._submit_all(fn, (iterable,), chunksize, buffersize)
         bar = _progress_bar() if progress else None
         try:
             while (future := pending.next()) is not None:
@@ -421,13 +426,18 @@ def _collect(pending: _Pending, deadline: float | None, chunked: bool) -> Iterat
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             if chunked:
                 chunk: list[Any] = _result_or_cancel(pending.next(), remaining)
+                chunk.append(_END)
                 chunk.reverse()
-                while chunk:
-                    yield chunk.pop()
+                # pop() each item as it is yielded (none is kept alive), in a C-level loop
+                yield from iter(chunk.pop, _END)
+                del chunk
             else:
                 yield _result_or_cancel(pending.next(), remaining)
     finally:
         pending.cancel()
+
+
+_END = object()
 
 
 def _result_or_cancel(future: Future[Any] | None, timeout: float | None) -> Any:

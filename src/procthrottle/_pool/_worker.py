@@ -123,6 +123,11 @@ def call_chunk(fn: Callable[..., Any], chunk: list[tuple[Any, ...]]) -> list[Any
     return [fn(*args) for args in chunk]
 
 
+def call_chunk_single(fn: Callable[..., Any], chunk: list[Any]) -> list[Any]:
+    """One task that runs ``fn`` over a chunk of single arguments (``map`` of one iterable)."""
+    return [fn(arg) for arg in chunk]
+
+
 def main(boot: WorkerBoot) -> None:
     """A worker's life: initializer, then tasks until STOP, EOF, or ``max_tasks``."""
     with suppress(BrokenPipeError):  # the pool is gone or broken: nobody wants results
