@@ -234,4 +234,4 @@ def slow_claims(marker: str, seconds: float) -> None:
     """Pool initializer: every claim in this worker stalls ``seconds`` inside the claim lock."""
     from procthrottle._pool import _worker
 
-    _worker.time = _SlowClaimClock(marker, seconds)  # type: ignore[assignment]
+    setattr(_worker, "time", _SlowClaimClock(marker, seconds))  # noqa: B010

@@ -44,8 +44,9 @@ STEAL_AFTER = 0.002
 #: Workers that die before they are ready this many times in a row break the pool.
 MAX_START_FAILURES = 3
 PIPE_SIZE = 1 << 20
-#: While every worker has queued work, results are read at most this often.
-GATHER_SECONDS = 0.0002
+#: Pickled tasks smaller than this are copied into one buffer per write; larger ones are
+#: written from where pickle put them.
+SMALL = 1 << 16
 
 QUEUED, SENT, DONE, CANCELLED = range(4)
 
@@ -86,7 +87,7 @@ class Worker:
         self.reader = _wire.FrameReader(self.result_fd)
         self.shared, self.lock = shared, lock
         self.inflight: dict[int, Task] = {}  # seq -> task, in the order sent
-        self.out: deque[bytes | memoryview] = deque()  # frame parts the pipe has not taken
+        self.out: deque[bytes | bytearray | memoryview] = deque()  # parts not yet written
         self.out_bytes = 0
         self.writing = False  # task_fd is registered for EVENT_WRITE
         self.next_seq = 1
@@ -366,7 +367,6 @@ class Engine:
         with self.lock:
             finish = self.closing and not self.queue and not any(w.inflight for w in self.workers)
             timeout: float | None = 0.0
-            streaming = sum(len(w.inflight) for w in self.workers) > 2 * len(self.workers)
             if not finish and not self._can_plan():
                 timeout = _earliest(retry, self._check_timeouts())
                 self.sleeping = True  # from here on, submit() wakes us
@@ -375,10 +375,6 @@ class Engine:
         _resolve(resolutions, self)
         if finish:
             return False
-        if streaming and timeout != 0.0:
-            # Workers are busy with queued work: let results gather for a moment, so that
-            # they are read, and the caller woken, in groups rather than one by one.
-            time.sleep(GATHER_SECONDS)
         events = self.selector.select(timeout)
         reads: list[tuple[Worker, list[bytes]]] = []
         exited: list[Worker] = []
@@ -482,6 +478,7 @@ class Engine:
                 sent_any.add(worker)
                 payloads.append(data)
         back: list[Task] = []
+        blobs: dict[Worker, bytearray] = {}
         with self.lock:
             for (worker, task, seq, _), payload in zip(plan, payloads, strict=True):
                 if task.state != SENT or task.worker is not worker or task.seq != seq:
@@ -507,8 +504,17 @@ class Engine:
                 task.nbytes = size
                 self.payload_size = (self.payload_size * 7 + size) // 8
                 header = _wire.task_header(seq, size)
-                worker.out.append(header)
-                worker.out.append(payload)  # not copied: written from where pickle put it
+                if size < SMALL:
+                    blob = blobs.get(worker)
+                    if blob is None:
+                        blob = blobs[worker] = bytearray()
+                        worker.out.append(blob)  # filled below, before anyone writes it
+                    blob += header
+                    blob += payload
+                else:
+                    worker.out.append(header)
+                    worker.out.append(payload)  # not copied: written from where pickle put it
+                    blobs.pop(worker, None)
                 worker.out_bytes += len(header) + size
             self.queue.extendleft(reversed(back))
         plan.clear()
