@@ -145,3 +145,58 @@ def test_unrebuildable_exceptions_do_not_hang_shutdown_in_a_child() -> None:
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "10 failed"
+
+
+def test_workers_exit_when_the_parent_is_killed() -> None:
+    """SIGKILL the program that owns the pool: its workers see their task pipe close and exit
+    (under fork too, where each worker must not keep its siblings' pipes open)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    for method in ("fork", "spawn"):
+        code = f"""
+import multiprocessing, time
+from procthrottle import ThrottledProcessPool
+import pool_tasks as tasks
+if __name__ == "__main__":
+    pool = ThrottledProcessPool(3, 3, mp_context=multiprocessing.get_context({method!r}))
+    pids = {{pool.submit(tasks.pid_after, 0.2).result() for _ in range(12)}}
+    print(" ".join(map(str, sorted(pids))), flush=True)
+    time.sleep(60)
+"""
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join([tasks._SRC, tasks._TESTS])
+        proc = subprocess.Popen(
+            [sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True
+        )
+        try:
+            assert proc.stdout is not None
+            pids = [int(p) for p in proc.stdout.readline().split()]
+            assert pids
+        finally:
+            proc.kill()
+            proc.communicate()
+        deadline = time.monotonic() + 20
+        alive = pids
+        while alive and time.monotonic() < deadline:
+            time.sleep(0.05)
+            alive = [pid for pid in alive if _alive(pid)]
+        assert not alive, f"{method}: orphaned workers {alive}"
+        _ = signal
+
+
+def _alive(pid: int) -> bool:
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie (not yet reaped by init) counts as gone
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
