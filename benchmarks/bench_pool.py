@@ -22,6 +22,8 @@ import gc
 import itertools
 import resource
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, wait
@@ -132,25 +134,44 @@ def aiomultiprocess_rate(tasks: int) -> float | None:
     return asyncio.run(main())
 
 
+PEERS = {
+    "pebble": "pebble ProcessPool.schedule",
+    "loky": "loky reusable executor",
+    "aiomultiprocess": "aiomultiprocess Pool.apply",
+}
+
+
+def peer_rate(peer: str, tasks: int) -> float | None:
+    """One peer's throughput, measured in this process (None: not installed)."""
+    try:
+        if peer == "pebble":
+            import pebble
+
+            return throughput(
+                lambda: pebble.ProcessPool(2), tasks, lambda pool, i: pool.schedule(noop, (i,))
+            )
+        if peer == "loky":
+            import loky
+
+            return throughput(lambda: _Reusable(loky.get_reusable_executor(2)), tasks)
+    except ImportError:
+        return None
+    return aiomultiprocess_rate(tasks)
+
+
 def peers(tasks: int) -> dict[str, float | None]:
+    """Each peer in a child interpreter: some leave threads behind that would keep this
+    process from exiting."""
     rates: dict[str, float | None] = {}
-    try:
-        import pebble
-
-        rates["pebble ProcessPool.schedule"] = throughput(
-            lambda: pebble.ProcessPool(2), tasks, lambda pool, i: pool.schedule(noop, (i,))
-        )
-    except ImportError:
-        rates["pebble ProcessPool.schedule"] = None
-    try:
-        import loky
-
-        rates["loky reusable executor"] = throughput(
-            lambda: _Reusable(loky.get_reusable_executor(2)), tasks
-        )
-    except ImportError:
-        rates["loky reusable executor"] = None
-    rates["aiomultiprocess Pool.apply"] = aiomultiprocess_rate(tasks)
+    for peer, label in PEERS.items():
+        try:
+            out = subprocess.run(
+                [sys.executable, __file__, "--peer", peer, "--tasks", str(tasks)],
+                capture_output=True, text=True, timeout=120, check=True,
+            ).stdout.split()
+            rates[label] = float(out[-1]) if out and out[-1] != "None" else None
+        except (subprocess.SubprocessError, ValueError):
+            rates[label] = None
     return rates
 
 
@@ -170,7 +191,12 @@ class _Reusable:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="small sizes (smoke test)")
+    parser.add_argument("--peer", choices=sorted(PEERS), help=argparse.SUPPRESS)
+    parser.add_argument("--tasks", type=int, default=5_000, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.peer:
+        print(peer_rate(args.peer, args.tasks))
+        return
     tasks, items, lazy_items = (500, 5_000, 100_000) if args.quick else (5_000, 200_000, 10**7)
 
     ours: list[float] = []

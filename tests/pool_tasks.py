@@ -235,3 +235,7 @@ def slow_claims(marker: str, seconds: float) -> None:
     from procthrottle._pool import _worker
 
     setattr(_worker, "time", _SlowClaimClock(marker, seconds))  # noqa: B010
+
+
+def echo(value: object) -> object:
+    return value

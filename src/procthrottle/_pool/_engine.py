@@ -8,7 +8,6 @@ ever blocking, and resolves futures. See docs/design.md, "Process pools".
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import itertools
 import logging
 import os
@@ -29,6 +28,11 @@ from .._kernel._semaphore import ProcessSemaphore
 from . import _wire, _worker
 from ._futures import TaskFuture
 from ._worker import CLAIMED, RING, RING_SIZE, STARTED_NS
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: the package imports, the pool cannot run
+    fcntl = None  # type: ignore[assignment]
 
 logger = logging.getLogger("procthrottle")
 logger.addHandler(logging.NullHandler())
@@ -275,8 +279,9 @@ class Engine:
         ctx = self.context
         task_r, task_w = ctx.Pipe(duplex=False)
         result_r, result_w = ctx.Pipe(duplex=False)
-        with contextlib.suppress(AttributeError, OSError):  # a deeper pipe: fewer wake-ups
-            fcntl.fcntl(task_w.fileno(), fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+        for conn in (task_w, result_r):  # deeper pipes: fewer wake-ups (Linux)
+            with contextlib.suppress(AttributeError, OSError):
+                fcntl.fcntl(conn.fileno(), fcntl.F_SETPIPE_SZ, PIPE_SIZE)
         shared = ctx.RawArray("q", RING + RING_SIZE)
         lock = ctx.Lock()
         close_fds: list[int] = []

@@ -50,10 +50,11 @@ class FrameReader:
 
     def read(self) -> list[bytes]:
         """One ``os.read`` (blocking, or EAGAIN on a non-blocking fd); raises EOFError at EOF."""
-        want = 1 << 16
+        want, need = 1 << 16, 0
         if len(self.buffer) >= LENGTH.size:
             (size,) = LENGTH.unpack_from(self.buffer)
-            want = max(want, LENGTH.size + size - len(self.buffer))
+            need = LENGTH.size + size
+            want = max(want, need - len(self.buffer))
         try:
             data = os.read(self.fd, want)
         except BlockingIOError:
@@ -66,6 +67,8 @@ class FrameReader:
             raise EOFError
         if self.buffer:
             self.buffer += data
+            if len(self.buffer) < need:  # a large frame still arriving: no copy yet
+                return []
             data = bytes(self.buffer)
             self.buffer.clear()
         return self._split(data)

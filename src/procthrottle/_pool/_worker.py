@@ -152,6 +152,7 @@ def _serve(boot: WorkerBoot) -> None:
     _wire.write_all(out, _wire.result_frame(0, _wire.READY, 0.0, b""))
     shared, lock = boot.shared, boot.lock
     task_mode = not boot.section_mode
+    keep = boot.rate is None  # keep the permit across queued tasks (not while waiting for rate)
     left = boot.max_tasks
     queue: deque[bytes] = deque()
     holding = False  # task mode: the permit is kept from one task to the next while more wait
@@ -196,7 +197,7 @@ def _serve(boot: WorkerBoot) -> None:
                 _in_task = False
             fn = args = kwargs = None
             seconds = time.perf_counter() - start
-            if holding and not queue:  # release before the parent hears: the bound is exact
+            if holding and (not queue or not keep):  # release before the parent hears
                 state.semaphore.release()
                 holding = False
             _wire.write_all(out, _wire.result_frame(seq, kind, seconds, payload))
