@@ -6,6 +6,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import logging
+import multiprocessing
 import time
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -174,3 +175,14 @@ def test_large_arguments_and_results_travel_in_linear_time() -> None:
         begun = time.monotonic()
         assert pool.submit(tasks.echo, data).result(timeout=60) == data
         assert time.monotonic() - begun < 20
+
+
+def test_large_results_of_retiring_workers_arrive() -> None:
+    """max_tasks_per_child=1: each worker writes a 5 MB result and exits at once; the parent
+    reads all of it even though the worker is gone before the result is."""
+    ctx = multiprocessing.get_context("fork")
+    data = b"y" * (5 << 20)
+    with ThrottledProcessPool(2, 2, max_tasks_per_child=1, mp_context=ctx) as pool:
+        futures = [pool.submit(tasks.echo, data) for _ in range(6)]
+        assert all(f.result(timeout=60) == data for f in futures)
+        assert pool.stats()["crashed"] == 0

@@ -651,16 +651,8 @@ class Engine:
 
     def _on_exit(self, worker: Worker, resolutions: list[Resolution]) -> None:
         """A worker exited: finish what it sent, fail what it was running, requeue the rest."""
-        while worker.result_fd >= 0:  # what it wrote before dying is still in the pipe
-            try:
-                frames = worker.reader.read()
-            except EOFError:
-                break
-            if not frames and not worker.reader.buffer:
-                break
-            self._handle(worker, frames, resolutions)
-            if not frames:
-                break
+        if worker.result_fd >= 0:  # what it wrote before it died is still in the pipe
+            self._handle(worker, worker.reader.drain(), resolutions)
         worker.process.join(1.0)
         code = worker.process.exitcode
         worker.dead = True

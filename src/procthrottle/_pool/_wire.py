@@ -73,6 +73,21 @@ class FrameReader:
             self.buffer.clear()
         return self._split(data)
 
+    def drain(self) -> list[bytes]:
+        """Everything a dead writer left in the pipe (non-blocking fd: stops at EOF or when
+        nothing more is there, e.g. a child of the writer still holds the pipe open)."""
+        while True:
+            try:
+                data = os.read(self.fd, 1 << 20)
+            except OSError:  # EAGAIN, or closed
+                break
+            if not data:
+                break
+            self.buffer += data
+        data = bytes(self.buffer)
+        self.buffer.clear()
+        return self._split(data)
+
     def _split(self, data: bytes) -> list[bytes]:
         """Complete frames of ``data`` (one copy each); keep the incomplete tail."""
         frames = []
