@@ -218,11 +218,33 @@ def _interrupt(code: str, *args: str, delay: float) -> tuple[float, str]:
             proc.wait()
 
 
+CTRL_C_WITH = """
+import sys
+from procthrottle import ThrottledProcessPool
+import pool_tasks as tasks
+if __name__ == "__main__":
+    with ThrottledProcessPool(2, 2) as pool:
+        for i in range(100):
+            pool.submit(tasks.count_start, sys.argv[1], i, 0.3)
+        print("ready", flush=True)
+        import time
+        time.sleep(60)
+"""
+
+
 def test_ctrl_c_in_a_submit_loop_never_hangs_shutdown() -> None:
     for trial in range(4):
         took, err = _interrupt(CTRL_C_SUBMIT, delay=0.2 + 0.05 * trial)
         assert "KeyboardInterrupt" in err
         assert took < 20, err
+
+
+def test_ctrl_c_leaving_with_cancels_what_has_not_started(tmp_path: Path) -> None:
+    starts = str(tmp_path / "starts")
+    took, err = _interrupt(CTRL_C_WITH, starts, delay=0.4)
+    assert "KeyboardInterrupt" in err
+    assert took < 5, err
+    assert len(tasks.starts(starts)) <= 8  # the running ones finish; 100 were queued
 
 
 def test_ctrl_c_during_map_exits_fast_and_cancels_the_rest(tmp_path: Path) -> None:

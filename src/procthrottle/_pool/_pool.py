@@ -12,6 +12,7 @@ import weakref
 from collections import deque
 from collections.abc import AsyncGenerator, Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future
+from functools import partial
 from types import TracebackType
 from typing import Any, Literal, TypeVar
 
@@ -315,6 +316,17 @@ class ThrottledProcessPool(Executor):
         """
         return self._engine.stats()
 
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """``shutdown(wait=True)``; leaving through Ctrl-C (KeyboardInterrupt) also cancels
+        every task that has not started, so the program stops once the running ones end."""
+        cancel = exc_type is not None and issubclass(exc_type, KeyboardInterrupt)
+        self.shutdown(wait=True, cancel_futures=cancel)
+
     # -- async API ------------------------------------------------------------------------------
     async def run(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
         """``await`` the task's result; cancelling the caller cancels the task if it has not
@@ -382,7 +394,8 @@ class ThrottledProcessPool(Executor):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        await anyio.to_thread.run_sync(self.shutdown)
+        cancel = exc_type is not None and issubclass(exc_type, KeyboardInterrupt)
+        await anyio.to_thread.run_sync(partial(self.shutdown, cancel_futures=cancel))
 
 
 class _Pending:
