@@ -7,6 +7,7 @@ import math
 import multiprocessing
 import multiprocessing.process
 import os
+import sys
 import time
 import weakref
 from collections import deque
@@ -52,6 +53,18 @@ def check_rate(rate: object) -> object:
     return rate
 
 
+def _default_context(max_tasks_per_child: int | None) -> Any:
+    """As ``ProcessPoolExecutor``: the platform default, "spawn" with ``max_tasks_per_child``.
+    From Python 3.12, where forking a process that runs threads is deprecated, "forkserver"
+    replaces "fork" (the pool's manager thread starts the replacement workers)."""
+    if max_tasks_per_child:
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context()
+    if sys.version_info >= (3, 12) and context.get_start_method() == "fork":
+        return multiprocessing.get_context("forkserver")
+    return context
+
+
 class ThrottledProcessPool(Executor):
     """A process pool that lets at most ``limit`` tasks (or task sections) run at once.
 
@@ -76,8 +89,8 @@ class ThrottledProcessPool(Executor):
             freely on ``max_workers`` processes, and at most ``limit`` of them are inside
             `critical_section()` at once.
         mp_context: A ``multiprocessing`` context to start workers from (default: the
-            platform's default; ``"spawn"`` when ``max_tasks_per_child`` is given, as in
-            ``ProcessPoolExecutor``).
+            platform's default, but ``"forkserver"`` for ``"fork"`` from Python 3.12;
+            ``"spawn"`` when ``max_tasks_per_child`` is given, as in ``ProcessPoolExecutor``).
         initializer: Called with ``initargs`` in each worker before its first task. If it
             raises, the pool is broken at once (`BrokenProcessPool` naming the error).
         initargs: Arguments for ``initializer``.
@@ -143,7 +156,7 @@ class ThrottledProcessPool(Executor):
         self._task_timeout = _check_timeout("task_timeout", task_timeout)
         self._rate = check_rate(rate)
         if mp_context is None:
-            mp_context = multiprocessing.get_context("spawn" if max_tasks_per_child else None)
+            mp_context = _default_context(max_tasks_per_child)
         if getattr(multiprocessing.process.current_process(), "_inheriting", False):
             _worker.refuse_import_time_pool()  # a spawned worker is importing the main module
 
