@@ -293,3 +293,29 @@ def test_a_worker_killed_inside_its_claim_lock_does_not_hang_cancel(tmp_path: Pa
         assert time.monotonic() - begun < 2
         assert first.result(timeout=60) == 1
     assert tasks.starts(starts) == [1]
+
+
+def test_results_stream_and_a_long_task_never_holds_short_ones() -> None:
+    """No-op results arrive while a 2 s task runs; two adjacent 1 s tasks among no-ops run on
+    different workers (an idle worker takes the second), so the batch takes ~1 s, not 2 s."""
+    with ThrottledProcessPool(2, 2) as pool:
+        [f.result(timeout=30) for f in [pool.submit(tasks.square, i) for i in range(300)]]
+        begun = time.monotonic()
+        first = [pool.submit(tasks.square, i) for i in range(300)]
+        slow = pool.submit(tasks.pid_after, 2.0)
+        last = [pool.submit(tasks.square, i) for i in range(300)]
+        for f in first + last:
+            f.result(timeout=30)
+        assert time.monotonic() - begun < 1.5  # all no-ops are back long before the 2 s task
+        assert not slow.done()
+        slow.result(timeout=30)
+
+        begun = time.monotonic()
+        futures = [pool.submit(tasks.square, i) for i in range(300)]
+        pair = [pool.submit(tasks.pid_after, 1.0), pool.submit(tasks.pid_after, 1.0)]
+        futures += [pool.submit(tasks.square, i) for i in range(300)]
+        for f in futures:
+            f.result(timeout=30)
+        pids = {f.result(timeout=30) for f in pair}
+        assert time.monotonic() - begun < 1.8  # one after the other would take 2 s
+        assert len(pids) == 2
