@@ -374,7 +374,12 @@ class Engine:
             timeout: float | None = 0.0
             if not finish and not self._can_plan():
                 timeout = _earliest(retry, self._check_timeouts())
-                self.sleeping = True  # from here on, submit() wakes us
+                # From here on, submit() wakes us -- unless every worker has plenty queued:
+                # then its next result wakes us soon enough, and submit() saves a wake-up.
+                depth = self._depth()
+                self.sleeping = any(
+                    len(w.inflight) * 2 < depth for w in self.workers if w.ready and not w.dead
+                ) or not any(w.ready for w in self.workers)
         for worker in list(self.workers):
             self._flush(worker)
         _resolve(resolutions, self)
