@@ -117,7 +117,10 @@ def describe_exit(code: int | None) -> str:
     return f"exited with code {code} (os._exit, sys.exit or a fatal error)"
 
 
-Resolution = tuple["Future[Any]", bool, Any]  # (future, ok, value or exception)
+# (future, how, what): how is True (a result), False (an exception), or one of these two
+# (a result frame, its payload still pickled: unpickled outside the pool's lock).
+PICKLED_RESULT, PICKLED_ERROR = 2, 3
+Resolution = tuple["Future[Any]", int, Any]
 Planned = tuple[Worker, Task, int, tuple[Any, Any, Any]]  # (worker, task, seq, (fn, args, kwargs))
 
 
@@ -472,24 +475,31 @@ class Engine:
         if not plan:
             return
         payloads: list[bytes | BaseException | None] = []
+        add = payloads.append
         budget: dict[Worker, int] = {}
         sent_any: set[Worker] = set()
-        for worker, task, _, (fn, args, kwargs) in plan:
+        dumps, protocol = pickle.dumps, _wire.PROTOCOL
+        for worker, task, _, call in plan:
             ahead = budget.setdefault(worker, worker.bytes_ahead)
             if ahead >= MAX_BYTES_AHEAD and worker in sent_any:
-                payloads.append(None)  # enough bytes on their way: the rest waits its turn
+                add(None)  # enough bytes on their way: the rest waits its turn
                 continue
             try:
-                data = _wire.dumps_task(fn, args, kwargs)
+                data = dumps(call, protocol)
             except BaseException as exc:
-                payloads.append(exc)
+                _wire.note_unpicklable(exc, call[0])
+                add(exc)
             else:
                 budget[worker] = ahead + len(data) - task.nbytes
                 sent_any.add(worker)
-                payloads.append(data)
+                add(data)
         back: list[Task] = []
         blobs: dict[Worker, bytearray] = {}
+        pack_header = _wire.TASK_HEADER.pack
+        sizes = [len(p) for p in payloads if isinstance(p, bytes)]
         with self.lock:
+            if sizes:
+                self.payload_size = (self.payload_size + sum(sizes) // len(sizes)) // 2
             for (worker, task, seq, _), payload in zip(plan, payloads, strict=True):
                 if task.state != SENT or task.worker is not worker or task.seq != seq:
                     continue  # revoked (cancelled, or moved) while we pickled
@@ -512,8 +522,7 @@ class Engine:
                 size = len(payload)
                 worker.bytes_ahead += size - task.nbytes
                 task.nbytes = size
-                self.payload_size = (self.payload_size * 7 + size) // 8
-                header = _wire.task_header(seq, size)
+                header = pack_header(_wire.TASK.size + size, seq)
                 if size < SMALL:
                     blob = blobs.get(worker)
                     if blob is None:
@@ -605,27 +614,42 @@ class Engine:
             return []
 
     def _handle(self, worker: Worker, frames: list[bytes], resolutions: list[Resolution]) -> None:
-        size = _wire.RESULT.size
+        """Book results (caller holds the lock); their payloads are unpickled later, unlocked."""
+        unpack, inflight, append = _wire.RESULT.unpack_from, worker.inflight, resolutions.append
+        done = failed = freed = 0
+        seconds = 0.0
         for body in frames:
-            seq, kind, seconds = _wire.RESULT.unpack_from(body)
-            if kind == _wire.READY:
-                worker.ready = True
-                self.start_failures = 0
+            seq, kind, took = unpack(body)
+            if kind >= _wire.READY:
+                if kind == _wire.READY:
+                    worker.ready = True
+                    self.start_failures = 0
+                else:  # INIT_FAILED
+                    worker.init_error = body[_wire.RESULT.size :]
                 continue
-            if kind == _wire.INIT_FAILED:
-                worker.init_error = body[size:]
-                continue
-            task = worker.inflight.pop(seq, None)
+            task = inflight.pop(seq, None)
             if task is None:  # pragma: no cover - a result for a task we do not hold
                 continue
-            worker.bytes_ahead -= task.nbytes
+            freed += task.nbytes
             task.state = DONE
             task.fn = task.args = task.kwargs = None  # type: ignore[assignment]
-            average = self.average
-            self.average = seconds if average is None else 0.9 * average + 0.1 * seconds
-            ok = kind == _wire.OK
-            self.counts["completed" if ok else "failed"] += 1
-            resolutions.append((task.future, ok, _Pickled(body, size)))
+            seconds += took
+            if kind == _wire.OK:
+                done += 1
+                append((task.future, PICKLED_RESULT, body))
+            else:
+                failed += 1
+                append((task.future, PICKLED_ERROR, body))
+        count = done + failed
+        if count:
+            worker.bytes_ahead -= freed
+            self.counts["completed"] += done
+            self.counts["failed"] += failed
+            mean, average = seconds / count, self.average
+            if average is None:
+                self.average = mean
+            else:  # as if each result moved it by a tenth
+                self.average = mean + (average - mean) * 0.9 ** min(count, 50)
 
     def _check_timeouts(self) -> float | None:
         """Kill workers whose running task is past its timeout; when to look again."""
@@ -796,20 +820,15 @@ class Engine:
                 self.semaphore.close()
 
 
-class _Pickled:
-    """A result or error still in its frame, unpickled outside the pool's lock."""
-
-    __slots__ = ("body", "offset")
-
-    def __init__(self, body: bytes, offset: int) -> None:
-        self.body, self.offset = body, offset
+_PAYLOAD = _wire.RESULT.size
 
 
 def _resolve(resolutions: list[Resolution], engine: Engine) -> None:
     """Set each future's outcome (outside the pool's lock: callbacks may submit)."""
-    for future, ok, value in resolutions:
-        if isinstance(value, _Pickled):
-            data = memoryview(value.body)[value.offset :]
+    for future, how, value in resolutions:
+        ok = how == PICKLED_RESULT or how is True
+        if how >= PICKLED_RESULT:  # a result frame, still pickled
+            data = memoryview(value)[_PAYLOAD:]
             try:
                 value = pickle.loads(data) if ok else _wire.decode_error(bytes(data))
             except BaseException as exc:
@@ -824,11 +843,14 @@ def _resolve(resolutions: list[Resolution], engine: Engine) -> None:
                         engine.counts["completed"] -= 1
                         engine.counts["failed"] += 1
                 ok, value = False, exc
-        with contextlib.suppress(InvalidStateError):
+            del data
+        try:
             if ok:
                 future.set_result(value)
             else:
                 future.set_exception(value)
+        except InvalidStateError:  # cancelled meanwhile (only a revoked task can be)
+            pass
     resolutions.clear()
 
 

@@ -181,13 +181,17 @@ def dumps_task(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
     try:
         return pickle.dumps((fn, args, kwargs), PROTOCOL)
     except Exception as exc:
-        add_note(
-            exc,
-            f"procthrottle: cannot send {getattr(fn, '__qualname__', fn)!r} to a worker process: "
-            "it or one of its arguments cannot be pickled. Use module-level functions and "
-            "picklable arguments.",
-        )
+        note_unpicklable(exc, fn)
         raise
+
+
+def note_unpicklable(exc: BaseException, fn: Any) -> None:
+    add_note(
+        exc,
+        f"procthrottle: cannot send {getattr(fn, '__qualname__', fn)!r} to a worker process: "
+        "it or one of its arguments cannot be pickled. Use module-level functions and "
+        "picklable arguments.",
+    )
 
 
 def dumps_result(result: object) -> tuple[int, bytes]:
