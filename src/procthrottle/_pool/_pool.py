@@ -10,7 +10,6 @@ import os
 import sys
 import time
 import weakref
-from collections import deque
 from collections.abc import AsyncGenerator, Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future
 from functools import partial
@@ -25,6 +24,7 @@ from .._typing import Self
 from . import _worker
 from ._engine import Engine
 from ._futures import wait_future
+from ._map import Pending, collect, progress_bar, with_progress
 
 T = TypeVar("T")
 
@@ -276,8 +276,8 @@ class ThrottledProcessPool(Executor):
         _optional_positive("buffersize", buffersize)
         deadline = None if timeout is None else time.monotonic() + timeout
         pending = self._submit_all(fn, iterables, chunksize, buffersize)
-        results = _collect(pending, deadline, chunksize > 1)
-        return _with_progress(results) if progress else results
+        results = collect(pending, deadline, chunksize > 1)
+        return with_progress(results) if progress else results
 
     def _submit_all(
         self,
@@ -285,7 +285,7 @@ class ThrottledProcessPool(Executor):
         iterables: tuple[Iterable[Any], ...],
         chunksize: int,
         buffersize: int | None,
-    ) -> _Pending:
+    ) -> Pending:
         single = len(iterables) == 1
         if single:  # chunks of items, not of 1-tuples: cheaper to build and to pickle
             calls: Iterator[Any] = iter(iterables[0])
@@ -305,7 +305,7 @@ class ThrottledProcessPool(Executor):
                 return engine.submit(fn, (unit,) if single else unit, {}, limit)
             return engine.submit(runner, (fn, unit), {}, limit)
 
-        return _Pending(submit, units, ahead)
+        return Pending(submit, units, ahead)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop taking tasks; the queued ones still run unless cancelled.
@@ -381,7 +381,7 @@ class ThrottledProcessPool(Executor):
         )
         chunksize = check_positive("chunksize", chunksize)
         pending = self._submit_all(fn, (iterable,), chunksize, buffersize)
-        bar = _progress_bar() if progress else None
+        bar = progress_bar() if progress else None
         try:
             while (future := pending.next()) is not None:
                 result = await wait_future(future)
@@ -409,86 +409,3 @@ class ThrottledProcessPool(Executor):
     ) -> None:
         cancel = exc_type is not None and issubclass(exc_type, KeyboardInterrupt)
         await anyio.to_thread.run_sync(partial(self.shutdown, cancel_futures=cancel))
-
-
-class _Pending:
-    """Futures of a map in input order, submitting one more unit as each is taken."""
-
-    def __init__(
-        self, submit: Callable[[Any], Future[Any]], units: Iterator[Any], ahead: int | None
-    ) -> None:
-        self._submit, self._units, self._ahead = submit, units, ahead
-        first = units if ahead is None else itertools.islice(units, ahead)
-        self._futures: deque[Future[Any]] = deque()
-        try:
-            for unit in first:
-                self._futures.append(submit(unit))
-        except BaseException:
-            self.cancel()
-            raise
-
-    def __bool__(self) -> bool:
-        return bool(self._futures)
-
-    def next(self) -> Future[Any] | None:
-        if not self._futures:
-            return None
-        future = self._futures.popleft()
-        if self._ahead is not None:
-            for unit in itertools.islice(self._units, 1):
-                self._futures.append(self._submit(unit))
-        return future
-
-    def cancel(self) -> None:
-        while self._futures:
-            self._futures.pop().cancel()  # the last first: none of them starts meanwhile
-
-
-def _collect(pending: _Pending, deadline: float | None, chunked: bool) -> Iterator[Any]:
-    """Yield results in order; leaving early cancels what has not started. Holds no result
-    and no future while it waits for the caller (as ``Executor.map``)."""
-    try:
-        while pending:
-            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            if chunked:
-                chunk: list[Any] = _result_or_cancel(pending.next(), remaining)
-                chunk.append(_END)
-                chunk.reverse()
-                # pop() each item as it is yielded (none is kept alive), in a C-level loop
-                yield from iter(chunk.pop, _END)
-                del chunk
-            else:
-                yield _result_or_cancel(pending.next(), remaining)
-    finally:
-        pending.cancel()
-
-
-_END = object()
-
-
-def _result_or_cancel(future: Future[Any] | None, timeout: float | None) -> Any:
-    assert future is not None
-    try:
-        return future.result(timeout)
-    finally:
-        future.cancel()
-
-
-def _progress_bar() -> Any:
-    try:
-        from tqdm import tqdm
-    except ImportError:  # pragma: no cover
-        raise ImportError(
-            "progress=True needs tqdm: pip install 'procthrottle[progress]'"
-        ) from None
-    return tqdm(unit="task")
-
-
-def _with_progress(results: Iterator[T]) -> Iterator[T]:
-    bar = _progress_bar()
-    try:
-        for result in results:
-            bar.update(1)
-            yield result
-    finally:
-        bar.close()

@@ -197,6 +197,8 @@ def _serve(boot: WorkerBoot) -> None:
                 _in_task = False
             fn = args = kwargs = None
             seconds = time.perf_counter() - start
+            while queue and _revoked(shared, queue[0]):  # so that they keep no permit
+                queue.popleft()
             if holding and (not queue or not keep):  # release before the parent hears
                 state.semaphore.release()
                 holding = False
@@ -207,6 +209,11 @@ def _serve(boot: WorkerBoot) -> None:
     finally:
         if holding:
             state.semaphore.release()
+
+
+def _revoked(shared: Any, body: bytes) -> bool:
+    (seq,) = _wire.TASK.unpack_from(body)
+    return seq != _wire.STOP and bool(shared[RING + seq % RING_SIZE] == seq)
 
 
 def refuse_import_time_pool() -> None:
