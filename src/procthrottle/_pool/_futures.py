@@ -1,13 +1,45 @@
-"""Await a ``concurrent.futures.Future`` from asyncio or trio without a thread."""
+"""The pool's futures, and awaiting a ``concurrent.futures.Future`` from asyncio or trio."""
 
 from __future__ import annotations
 
 from concurrent.futures import Future
-from typing import TypeVar
+from typing import Any, Protocol, TypeVar
 
 from .._async._wakeup import new_waiter
 
 T = TypeVar("T")
+
+
+class _Canceller(Protocol):
+    def cancel_task(self, future: TaskFuture[Any]) -> bool: ...
+    def task_started(self, future: TaskFuture[Any]) -> bool: ...
+
+
+class TaskFuture(Future[T]):
+    """A ``Future`` that is RUNNING only once its task started on a worker.
+
+    A task may already sit in a worker's queue; ``cancel()`` asks the pool to revoke it there,
+    and succeeds exactly when the worker has not claimed it.
+    """
+
+    def __init__(self, owner: _Canceller) -> None:
+        super().__init__()
+        self._owner: _Canceller | None = owner
+        self._task: Any = None
+
+    def cancel(self) -> bool:
+        if self._state == "FINISHED":  # fast path: map() cancels every future it leaves
+            return False
+        owner = self._owner
+        if owner is None:
+            return super().cancel()
+        return owner.cancel_task(self)
+
+    def running(self) -> bool:
+        owner = self._owner
+        if super().running():
+            return True
+        return owner is not None and not self.done() and owner.task_started(self)
 
 
 async def wait_future(future: Future[T]) -> T:

@@ -3,85 +3,109 @@
 from __future__ import annotations
 
 import itertools
+import math
 import multiprocessing
+import multiprocessing.process
 import os
-import pickle
-import signal
 import sys
-import threading
 import time
-from collections import deque
-from collections.abc import AsyncGenerator, Callable, Generator, Iterable, Iterator
-from concurrent.futures import Executor, Future, ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+import weakref
+from collections.abc import AsyncGenerator, Callable, Iterable, Iterator
+from concurrent.futures import Executor, Future
 from functools import partial
-from multiprocessing import connection
 from types import TracebackType
 from typing import Any, Literal, TypeVar
 
 import anyio.to_thread
 
-from .._exceptions import WorkerCrashedError
 from .._kernel._semaphore import ProcessSemaphore
 from .._kernel._validate import check_limit, check_positive
 from .._typing import Self
 from . import _worker
+from ._engine import Engine
 from ._futures import wait_future
+from ._map import Pending, collect, progress_bar, with_progress
 
 T = TypeVar("T")
-#: A task whose worker died before it started is sent again at most this many times.
-MAX_ATTEMPTS = 3
-#: Batches of short tasks aim at this much work per call to the executor...
-BATCH_SECONDS = 0.005
-#: ...and hold at most this many tasks.
-MAX_BATCH = 64
-
-
-class _Task:
-    __slots__ = ("attempts", "future", "payload")
-
-    def __init__(self, future: Future[Any], payload: bytes) -> None:
-        self.future, self.payload = future, payload
-        self.attempts = 0
-
-
-class _Batch:
-    """Tasks sent to one worker in one call, sharing one window slot."""
-
-    __slots__ = ("generation", "slot", "tasks")
-
-    def __init__(self, tasks: list[_Task], slot: int, generation: int) -> None:
-        self.tasks, self.slot, self.generation = tasks, slot, generation
 
 
 def _optional_positive(name: str, value: object) -> int | None:
     return None if value is None else check_positive(name, value)
 
 
-def describe_exit(code: int | None) -> str:
-    if code is None:
-        return "died of an unknown cause"
-    if code < 0:
-        try:
-            return f"was killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"was killed by signal {-code}"
-    return f"exited with code {code} (os._exit or a fatal error)"
+def _check_timeout(name: str, value: object) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number of seconds or None, not {type(value).__name__}")
+    if math.isnan(value) or value <= 0:
+        raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+    return None if math.isinf(value) else float(value)
+
+
+def check_rate(rate: object) -> object:
+    """``rate=`` is None or an object with ``acquire()`` (a RateLimiter)."""
+    if rate is not None and not callable(getattr(rate, "acquire", None)):
+        raise TypeError(
+            f"rate must be None or a rate limiter with an acquire() method, not "
+            f"{type(rate).__name__}"
+        )
+    return rate
+
+
+def _default_context(max_tasks_per_child: int | None) -> Any:
+    """As ``ProcessPoolExecutor``: the platform default, "spawn" with ``max_tasks_per_child``.
+    From Python 3.12, where forking a process that runs threads is deprecated, "forkserver"
+    replaces "fork" (the pool's manager thread starts the replacement workers)."""
+    if max_tasks_per_child:
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context()
+    if sys.version_info >= (3, 12) and context.get_start_method() == "fork":
+        return multiprocessing.get_context("forkserver")
+    return context
 
 
 class ThrottledProcessPool(Executor):
-    """A ``ProcessPoolExecutor`` that lets at most ``limit`` tasks into their critical part.
+    """A process pool that lets at most ``limit`` tasks (or task sections) run at once.
 
-    * ``throttle="task"``: at most ``limit`` tasks run at once. The pool sends workers only as
-      many tasks as may run, so queued tasks never park a worker on the semaphore.
-    * ``throttle="section"``: tasks run on all ``max_workers`` processes; at most ``limit`` of
-      them are inside :func:`procthrottle.critical_section` at once.
-    * ``semaphore=`` shares one limit between pools and programs (a named semaphore: the host).
-    * A worker that dies mid-task (SIGKILL, ``os._exit``, segfault) fails that task with
-      :class:`WorkerCrashedError`; the pool replaces its broken executor and sends the other
-      tasks again (at-least-once for tasks that were running on other workers at that moment).
-      The dead worker's permit comes back through the crash-safe semaphore.
-    * Task arguments are pickled in ``submit``: an unpicklable task fails its own future only.
+    The pool owns its worker processes, each with its own pipes, so it always knows which task
+    each worker holds:
+
+    * A worker killed mid-task (SIGKILL, ``os._exit``, segfault) fails only that task's future,
+      with `WorkerCrashedError`; every other task runs exactly once; the worker is replaced and
+      its permit comes back through the crash-safe semaphore.
+    * A future is RUNNING only once its task started on a worker, so ``cancel()`` and
+      ``shutdown(cancel_futures=True)`` work for every task that has not started.
+    * Short tasks travel to workers many at a time and results come back one by one as each
+      task ends; an idle worker takes over tasks queued behind a long one.
+
+    Args:
+        max_workers: Number of worker processes (default: the number of CPUs). In task mode
+            the pool starts at most ``limit`` of them, since no more could run at once.
+        limit: How many tasks (task mode) or critical sections (section mode) may run at once.
+        semaphore: A crash-safe `ProcessSemaphore` to share one limit between pools and
+            programs (a named one: across the host). Leave ``limit`` at 1 or equal to its limit.
+        throttle: ``"task"``: at most ``limit`` tasks run at once. ``"section"``: tasks run
+            freely on ``max_workers`` processes, and at most ``limit`` of them are inside
+            `critical_section()` at once.
+        mp_context: A ``multiprocessing`` context to start workers from (default: the
+            platform's default, but ``"forkserver"`` for ``"fork"`` from Python 3.12;
+            ``"spawn"`` when ``max_tasks_per_child`` is given, as in ``ProcessPoolExecutor``).
+        initializer: Called with ``initargs`` in each worker before its first task. If it
+            raises, the pool is broken at once (`BrokenProcessPool` naming the error).
+        initargs: Arguments for ``initializer``.
+        max_tasks_per_child: Replace a worker after it ran this many tasks.
+        task_timeout: Default per-task timeout in seconds, counted from the task's start on a
+            worker: a task past it is stopped (its worker is killed and replaced) and its future
+            fails with ``TimeoutError``. ``schedule(..., timeout=)`` overrides it per task.
+        rate: A rate limiter (an object with ``acquire()``): a task (task mode) or its critical
+            section (section mode) starts only when the rate also allows it.
+
+    Raises:
+        ValueError: ``max_workers <= 0``, ``limit`` out of range or contradicting
+            ``semaphore``, an unknown ``throttle``, a semaphore that is not crash-safe, or a
+            non-positive timeout.
+        TypeError: an argument of the wrong type.
     """
 
     def __init__(
@@ -95,13 +119,28 @@ class ThrottledProcessPool(Executor):
         initializer: Callable[..., object] | None = None,
         initargs: tuple[Any, ...] = (),
         max_tasks_per_child: int | None = None,
+        task_timeout: float | None = None,
+        rate: object | None = None,
     ) -> None:
-        workers = _optional_positive("max_workers", max_workers) or os.cpu_count() or 1
+        if max_workers is None:
+            workers = os.cpu_count() or 1
+        elif isinstance(max_workers, bool) or not isinstance(max_workers, int):
+            raise TypeError(f"max_workers must be an int or None, not {type(max_workers).__name__}")
+        elif max_workers <= 0:
+            raise ValueError("max_workers must be greater than 0")
+        else:
+            workers = max_workers
         limit = check_limit(limit)
         if semaphore is not None:
             if not isinstance(semaphore, ProcessSemaphore):
                 raise TypeError(
                     f"semaphore must be a ProcessSemaphore, not {type(semaphore).__name__}"
+                )
+            if not semaphore.crash_safe:
+                raise ValueError(
+                    "semaphore must be crash-safe (ProcessSemaphore(..., crash_safe=True)): a "
+                    "pool replaces workers that die, and the permit of a worker killed while "
+                    "holding a crash_safe=False semaphore would be lost for good"
                 )
             if limit not in (1, semaphore.limit):
                 raise ValueError(
@@ -114,57 +153,36 @@ class ThrottledProcessPool(Executor):
         if not isinstance(initargs, tuple):
             raise TypeError(f"initargs must be a tuple, not {type(initargs).__name__}")
         _optional_positive("max_tasks_per_child", max_tasks_per_child)
-        if max_tasks_per_child is not None and sys.version_info < (3, 11):
-            raise NotImplementedError("max_tasks_per_child needs Python 3.11 or newer")
+        self._task_timeout = _check_timeout("task_timeout", task_timeout)
+        self._rate = check_rate(rate)
+        if mp_context is None:
+            mp_context = _default_context(max_tasks_per_child)
+        if getattr(multiprocessing.process.current_process(), "_inheriting", False):
+            _worker.refuse_import_time_pool()  # a spawned worker is importing the main module
 
-        self._sem = semaphore if semaphore is not None else ProcessSemaphore(limit)
-        self._owns_sem = semaphore is None
+        sem = semaphore if semaphore is not None else ProcessSemaphore(limit)
         self._section = throttle == "section"
         self._max_workers = workers
-        if mp_context is None:
-            mp_context = multiprocessing.get_context(
-                "spawn" if max_tasks_per_child else None
+        started = workers if self._section else min(workers, sem.limit)
+        try:
+            self._engine = Engine(
+                workers=started,
+                semaphore=sem,
+                owns_semaphore=semaphore is None,
+                section_mode=self._section,
+                context=mp_context,
+                initializer=initializer,
+                initargs=initargs,
+                max_tasks=max_tasks_per_child,
+                rate=self._rate,
             )
-        self._ctx = mp_context
-        # In task mode with fewer permits than workers, only `limit` tasks are in flight, so
-        # no worker waits on the semaphore for a task of ours. Otherwise a deep window keeps
-        # the executor's own pipeline full (its workers never wait for our dispatch).
-        tight = not self._section and self._sem.limit < workers
-        window = self._sem.limit if tight else max(64, 4 * workers)
-        self._started = mp_context.Array("i", window, lock=False)  # slot -> pid running it
-        self._progress = mp_context.Array("i", window, lock=False)  # slot -> task index
-        self._peak = mp_context.Value("i", 0)
-        self._free_slots = list(range(window))[::-1]
-        self._initializer, self._initargs = initializer, initargs
-        self._max_tasks_per_child = max_tasks_per_child
-
-        self._lock = threading.Lock()
-        self._queue: deque[_Task] = deque()
-        self._inflight = 0
-        self._generation = 0
-        self._task_seconds: float | None = None  # running average, for batch sizes
-        self._dead: dict[int, dict[int, int | None]] = {}  # generation -> pid -> exit code
-        self._shutdown = self._joining = False
-        self._idle = threading.Condition(self._lock)
-        self._counts = dict.fromkeys(
-            ("submitted", "completed", "failed", "crashed", "resent", "batches"), 0
-        )
-        self._inner = self._new_executor()
-
-    def _new_executor(self) -> ProcessPoolExecutor:
-        state = _worker.WorkerState(
-            self._sem, self._started, self._progress, self._peak, self._section
-        )
-        extra = {}
-        if self._max_tasks_per_child is not None:
-            extra["max_tasks_per_child"] = self._max_tasks_per_child
-        return ProcessPoolExecutor(
-            self._max_workers,
-            mp_context=self._ctx,
-            initializer=_worker.initialize,
-            initargs=(state, self._initializer, self._initargs),
-            **extra,
-        )
+        except BaseException:
+            if semaphore is None:
+                sem.close()
+            raise
+        self._sem = sem
+        # Dropping the pool without shutdown() still finishes its queue, then stops the workers.
+        weakref.finalize(self, self._engine.request_stop)
 
     # -- Executor API ------------------------------------------------------------------------
     @property
@@ -174,35 +192,60 @@ class ThrottledProcessPool(Executor):
 
     @property
     def limit(self) -> int:
+        """How many tasks (or sections) may run at once."""
         return self._sem.limit
 
-    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
-        """Schedule ``fn(*args, **kwargs)``; the future fails on its own if it can't be sent."""
-        return self._submit(fn, (fn, args, kwargs))
+    @property
+    def rate(self) -> object | None:
+        """The rate limiter given as ``rate=``, or None."""
+        return self._rate
 
-    def _submit(self, fn: Callable[..., Any], call: Any) -> Future[Any]:
-        if self._shutdown:
-            raise RuntimeError("cannot schedule new futures after shutdown")
-        future: Future[Any] = Future()
-        try:
-            payload = pickle.dumps(call, pickle.HIGHEST_PROTOCOL)
-        except Exception as exc:
-            future.set_exception(
-                TypeError(
-                    f"cannot send {getattr(fn, '__qualname__', fn)!r} to a worker process: it "
-                    f"or one of its arguments cannot be pickled ({type(exc).__name__}: {exc}). "
-                    "Use module-level functions and picklable arguments."
-                )
-            )
-            with self._lock:
-                self._counts["submitted"] += 1
-                self._counts["failed"] += 1
-            return future
-        with self._lock:
-            self._queue.append(_Task(future, payload))
-            self._counts["submitted"] += 1
-        self._pump()
-        return future
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        """Schedule ``fn(*args, **kwargs)`` and return its future.
+
+        Args:
+            fn: A picklable callable (a module-level function).
+            *args: Its positional arguments (picklable).
+            **kwargs: Its keyword arguments (picklable).
+
+        Returns:
+            The task's future: a function or argument that cannot be pickled fails it with the
+            original pickling exception (a hint is added as a note), not the pool.
+
+        Raises:
+            RuntimeError: after ``shutdown()`` or once the interpreter is shutting down.
+            BrokenProcessPool: the pool is broken (its initializer failed).
+        """
+        return self._engine.submit(fn, args, kwargs, self._task_timeout)
+
+    def schedule(
+        self,
+        fn: Callable[..., T],
+        args: Iterable[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> Future[T]:
+        """Schedule ``fn(*args, **kwargs)`` with its own timeout (pebble's ``schedule``).
+
+        Args:
+            fn: A picklable callable.
+            args: Its positional arguments.
+            kwargs: Its keyword arguments.
+            timeout: Seconds the task may run once started on a worker (default: the pool's
+                ``task_timeout``). Past it the task is stopped: its worker is killed and
+                replaced, its future fails with ``TimeoutError``, and its permit comes back.
+
+        Returns:
+            The task's future.
+
+        Raises:
+            RuntimeError: after ``shutdown()``.
+        """
+        if kwargs is not None and not isinstance(kwargs, dict):
+            raise TypeError(f"kwargs must be a dict or None, not {type(kwargs).__name__}")
+        limit = self._task_timeout if timeout is None else _check_timeout("timeout", timeout)
+        return self._engine.submit(fn, tuple(args), dict(kwargs or {}), limit)
 
     def map(
         self,
@@ -213,99 +256,103 @@ class ThrottledProcessPool(Executor):
         buffersize: int | None = None,
         progress: bool = False,
     ) -> Iterator[T]:
-        """Like ``Executor.map``; with ``buffersize`` lazy, holding at most that many pending
-        items (chunks count ``chunksize`` items), so infinite iterators work."""
+        """Like ``Executor.map``: results in input order.
+
+        Args:
+            fn: A picklable callable taking one item of each iterable.
+            *iterables: The arguments.
+            timeout: Seconds (from this call) after which waiting for a result raises
+                ``TimeoutError``.
+            chunksize: Items sent as one task.
+            buffersize: When given, the map is lazy: it holds at most this many pending items
+                (chunks count ``chunksize`` items), so infinite iterators work.
+            progress: Show a tqdm progress bar (needs ``procthrottle[progress]``).
+
+        Returns:
+            An iterator of results. Leaving it early (an exception, a timeout, ``close()``,
+            or dropping it) cancels every task that has not started.
+        """
         chunksize = check_positive("chunksize", chunksize)
         _optional_positive("buffersize", buffersize)
         deadline = None if timeout is None else time.monotonic() + timeout
-        calls = zip(*iterables)  # noqa: B905 - shortest wins, as in Executor.map
-        futures = self._submit_all(fn, calls, chunksize, buffersize)
-        results = self._collect(futures, deadline, chunksize > 1)
-        return _with_progress(results) if progress else results
+        pending = self._submit_all(fn, iterables, chunksize, buffersize)
+        results = collect(pending, deadline, chunksize > 1)
+        return with_progress(results) if progress else results
 
     def _submit_all(
         self,
         fn: Callable[..., Any],
-        calls: Iterator[tuple[Any, ...]],
+        iterables: tuple[Iterable[Any], ...],
         chunksize: int,
         buffersize: int | None,
-    ) -> Generator[Future[Any], None, None]:
-        """Submit now (all, or the first ``buffersize`` items); yield futures in input order,
-        submitting one more unit as each is taken."""
+    ) -> Pending:
+        single = len(iterables) == 1
+        if single:  # chunks of items, not of 1-tuples: cheaper to build and to pickle
+            calls: Iterator[Any] = iter(iterables[0])
+            runner: Callable[..., Any] = _worker.call_chunk_single
+        else:
+            calls = zip(*iterables)  # noqa: B905 - shortest wins, as in Executor.map
+            runner = _worker.call_chunk
         if chunksize == 1:
             units: Iterator[Any] = calls
         else:
             units = iter(lambda: list(itertools.islice(calls, chunksize)), [])
         ahead = None if buffersize is None else max(1, buffersize // chunksize)
+        engine, limit = self._engine, self._task_timeout
 
         def submit(unit: Any) -> Future[Any]:
             if chunksize == 1:
-                return self._submit(fn, (fn, unit, {}))
-            return self._submit(fn, (_worker.call_chunk, (fn, unit), {}))
+                return engine.submit(fn, (unit,) if single else unit, {}, limit)
+            return engine.submit(runner, (fn, unit), {}, limit)
 
-        first = units if ahead is None else itertools.islice(units, ahead)
-        pending: deque[Future[Any]] = deque(submit(unit) for unit in first)
-
-        def futures() -> Generator[Future[Any], None, None]:
-            try:
-                while pending:
-                    yield pending.popleft()
-                    if ahead is not None:
-                        for unit in itertools.islice(units, 1):
-                            pending.append(submit(unit))
-            finally:
-                for future in pending:
-                    future.cancel()
-
-        return futures()
-
-    @staticmethod
-    def _collect(
-        futures: Iterator[Future[Any]], deadline: float | None, chunked: bool
-    ) -> Iterator[Any]:
-        for future in futures:
-            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            result = future.result(remaining)
-            if chunked:
-                yield from result
-            else:
-                yield result
+        return Pending(submit, units, ahead)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        """Stop taking tasks; optionally cancel queued ones and wait for the rest."""
-        with self._lock:
-            self._shutdown = True
-            if cancel_futures:
-                while self._queue:
-                    self._queue.popleft().future.cancel()
-            if wait:
-                self._joining = True  # we shut the executor down ourselves, and wait for it
-                while self._inflight or self._queue:
-                    self._idle.wait()
-            busy = bool(self._inflight or self._queue)
-        if not busy:  # else the last task to finish shuts the executor down
-            self._inner.shutdown(wait=wait)
-        if wait and self._owns_sem:
-            self._sem.close()
+        """Stop taking tasks; the queued ones still run unless cancelled.
+
+        Args:
+            wait: Wait until every task has finished and the workers have exited.
+            cancel_futures: Cancel every task that has not started.
+        """
+        self._engine.shutdown(wait, cancel_futures)
 
     def stats(self) -> dict[str, int]:
-        """Counters: submitted, running (sent to workers, not done), queued, completed, failed,
-        crashed, resent, batches (calls to the executor: short tasks travel together),
-        in_section (permits held now) and max_in_section (the peak seen by workers)."""
-        with self._lock:
-            counts = dict(self._counts)
-            counts["running"] = self._inflight
-            counts["queued"] = len(self._queue)
-        try:
-            counts["in_section"] = self._sem.limit - self._sem.value
-        except Exception:  # closed after shutdown
-            counts["in_section"] = 0
-        counts["max_in_section"] = self._peak.value
-        return counts
+        """Counters of this pool.
+
+        Returns:
+            ``submitted``, ``queued`` (not yet sent to a worker), ``sent`` (sent, not finished),
+            ``running`` (started on a worker, not finished), ``completed``, ``failed``,
+            ``cancelled``, ``crashed`` (failed by their worker's death), ``timed_out``,
+            ``requeued`` (moved to another worker before they started), ``workers`` (alive),
+            ``workers_started``, ``in_section`` (permits of the semaphore held now, by anyone)
+            and ``max_in_section`` (the peak seen by this pool's workers).
+        """
+        return self._engine.stats()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """``shutdown(wait=True)``; leaving through Ctrl-C (KeyboardInterrupt) also cancels
+        every task that has not started, so the program stops once the running ones end."""
+        cancel = exc_type is not None and issubclass(exc_type, KeyboardInterrupt)
+        self.shutdown(wait=True, cancel_futures=cancel)
 
     # -- async API ------------------------------------------------------------------------------
     async def run(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
-        """``await`` the task's result; cancelling cancels the task if it has not started."""
+        """``await`` the task's result; cancelling the caller cancels the task if it has not
+        started (and leaks no permit).
+
+        Args:
+            fn: A picklable callable.
+            *args: Its positional arguments.
+            **kwargs: Its keyword arguments.
+
+        Returns:
+            What ``fn`` returned.
+        """
         return await wait_future(self.submit(fn, *args, **kwargs))
 
     async def amap(
@@ -317,24 +364,37 @@ class ThrottledProcessPool(Executor):
         chunksize: int = 1,
         progress: bool = False,
     ) -> AsyncGenerator[T, None]:
-        """Results of ``fn(item)`` in input order, with at most ``buffersize`` items pending
-        (default: twice the workers). Closing or cancelling it cancels the pending tasks."""
+        """Results of ``fn(item)`` in input order, with at most ``buffersize`` items pending.
+
+        Args:
+            fn: A picklable callable taking one item.
+            iterable: The items (may be infinite).
+            buffersize: Items pending at once (default: twice the workers, times chunksize).
+            chunksize: Items sent as one task.
+            progress: Show a tqdm progress bar.
+
+        Yields:
+            The results. Closing or cancelling the generator cancels the pending tasks.
+        """
         buffersize = (
             _optional_positive("buffersize", buffersize) or 2 * self._max_workers * chunksize
         )
-        calls = ((item,) for item in iterable)
-        futures = self._submit_all(fn, calls, int(chunksize), buffersize)
-        bar = _progress_bar() if progress else None
+        chunksize = check_positive("chunksize", chunksize)
+        pending = self._submit_all(fn, (iterable,), chunksize, buffersize)
+        bar = progress_bar() if progress else None
         try:
-            for future in futures:
+            while (future := pending.next()) is not None:
                 result = await wait_future(future)
+                del future
                 values = result if chunksize > 1 else [result]
+                del result
                 for value in values:
                     if bar is not None:
                         bar.update(1)
                     yield value
+                del values
         finally:
-            futures.close()  # cancels what is still pending
+            pending.cancel()
             if bar is not None:
                 bar.close()
 
@@ -347,148 +407,5 @@ class ThrottledProcessPool(Executor):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        await anyio.to_thread.run_sync(self.shutdown)
-
-    # -- dispatch and crash recovery ---------------------------------------------------------
-    def _pump(self) -> None:
-        """Send queued tasks to the executor, in batches, while window slots are free."""
-        while True:
-            with self._lock:
-                if not self._queue or not self._free_slots:
-                    return
-                tasks = self._take(self._batch_size())
-                if not tasks:
-                    continue
-                batch = _Batch(tasks, self._free_slots.pop(), self._generation)
-                self._inflight += len(tasks)
-                self._counts["batches"] += 1
-                inner = self._inner
-            self._started[batch.slot] = 0
-            payloads = [task.payload for task in tasks]
-            try:
-                inner_future = inner.submit(_worker.run_batch, batch.slot, payloads)
-            except (BrokenProcessPool, RuntimeError):
-                inner_future = Future()
-                inner_future.set_exception(BrokenProcessPool("broken before submit"))
-            inner_future.add_done_callback(partial(self._on_done, batch))
-
-    def _take(self, count: int) -> list[_Task]:
-        """Up to ``count`` queued tasks that were not cancelled (caller holds the lock)."""
-        tasks: list[_Task] = []
-        while self._queue and len(tasks) < count:
-            task = self._queue.popleft()
-            if task.attempts or task.future.set_running_or_notify_cancel():
-                tasks.append(task)
-        return tasks
-
-    def _batch_size(self) -> int:
-        """Tasks per call: one until tasks prove short, then enough for ~5 ms of work, but
-        never so many that some workers would wait while one works through a long batch."""
-        if self._task_seconds is None:
-            return 1
-        wanted = int(BATCH_SECONDS / max(self._task_seconds, 1e-6))
-        fair = -(-len(self._queue) // (2 * self._max_workers))  # ceil
-        return max(1, min(wanted, fair, MAX_BATCH))
-
-    def _on_done(self, batch: _Batch, inner: Future[Any]) -> None:
-        exc = inner.exception()
-        if isinstance(exc, BrokenProcessPool):
-            self._on_broken(batch)
-        else:
-            outcomes: list[tuple[bool, Any]]
-            if exc is None:
-                outcomes, seconds = _worker.load_outcomes(inner.result())
-            else:  # pragma: no cover - run_batch catches everything; be safe anyway
-                outcomes, seconds = [(False, exc)] * len(batch.tasks), None
-            with self._lock:
-                self._release_slot(batch)
-                failed = sum(not ok for ok, _ in outcomes)
-                self._counts["failed"] += failed
-                self._counts["completed"] += len(outcomes) - failed
-                if seconds is not None:
-                    per_task = seconds / len(outcomes)
-                    old = self._task_seconds
-                    self._task_seconds = per_task if old is None else 0.8 * old + 0.2 * per_task
-            for task, (ok, value) in zip(batch.tasks, outcomes, strict=True):
-                if ok:
-                    task.future.set_result(value)
-                else:
-                    task.future.set_exception(value)
-        self._pump()
-        if self._shutdown and not self._joining:  # shutdown(wait=False) left this to us
-            with self._lock:
-                idle = not (self._inflight or self._queue)
-            if idle:
-                self._inner.shutdown(wait=False)
-
-    def _on_broken(self, batch: _Batch) -> None:
-        crashed: list[tuple[_Task, str]] = []
-        with self._lock:
-            if batch.generation == self._generation:  # the first to hear: replace the executor
-                self._dead[batch.generation] = self._exit_codes(self._inner)
-                old, self._inner = self._inner, self._new_executor()
-                self._generation += 1
-                threading.Thread(target=old.shutdown, daemon=True).start()
-            dead = self._dead[batch.generation]
-            pid, running = self._started[batch.slot], self._progress[batch.slot]
-            self._release_slot(batch)
-            resend = []
-            for index, task in enumerate(batch.tasks):
-                if pid in dead and index == running:
-                    exit_ = describe_exit(dead[pid])
-                    why = f"the worker process (pid {pid}) running this task {exit_}"
-                    crashed.append((task, why))
-                elif task.attempts + 1 >= MAX_ATTEMPTS:
-                    why = f"worker processes died {MAX_ATTEMPTS} times before this task ran"
-                    crashed.append((task, why))
-                else:  # not started, or its result died with the executor: run it again
-                    task.attempts += 1
-                    resend.append(task)
-            self._queue.extendleft(reversed(resend))  # first in line again, in order
-            self._counts["resent"] += len(resend)
-            self._counts["failed"] += len(crashed)
-            self._counts["crashed"] += len(crashed)
-        for task, why in crashed:
-            task.future.set_exception(WorkerCrashedError(why))
-
-    def _release_slot(self, batch: _Batch) -> None:
-        self._free_slots.append(batch.slot)
-        self._inflight -= len(batch.tasks)
-        if not self._inflight and not self._queue:
-            self._idle.notify_all()
-
-    @staticmethod
-    def _exit_codes(executor: ProcessPoolExecutor) -> dict[int, int | None]:
-        """pid -> exit code of the executor's workers that are dead right now.
-
-        A worker's sentinel becomes ready as it exits, a moment before the kernel can report
-        its exit status, so reap the dead ones with a short join rather than a bare poll.
-        """
-        processes = dict(getattr(executor, "_processes", None) or {})
-        by_sentinel = {p.sentinel: (pid, p) for pid, p in processes.items()}
-        dead: dict[int, int | None] = {}
-        for sentinel in connection.wait(list(by_sentinel), timeout=0):
-            pid, process = by_sentinel[sentinel]
-            process.join(1.0)
-            dead[pid] = process.exitcode
-        return dead
-
-
-def _progress_bar() -> Any:
-    try:
-        from tqdm import tqdm
-    except ImportError:  # pragma: no cover
-        raise ImportError(
-            "progress=True needs tqdm: pip install 'procthrottle[progress]'"
-        ) from None
-    return tqdm(unit="task")
-
-
-def _with_progress(results: Iterator[T]) -> Iterator[T]:
-    bar = _progress_bar()
-    try:
-        for result in results:
-            bar.update(1)
-            yield result
-    finally:
-        bar.close()
+        cancel = exc_type is not None and issubclass(exc_type, KeyboardInterrupt)
+        await anyio.to_thread.run_sync(partial(self.shutdown, cancel_futures=cancel))

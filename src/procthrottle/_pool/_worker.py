@@ -1,33 +1,109 @@
-"""What runs inside a ThrottledProcessPool worker: the task wrapper and critical_section()."""
+"""What runs inside a ThrottledProcessPool worker: its main loop and critical_section().
+
+Each worker has its own pair of pipes (tasks in, results out) and a small shared array: the
+parent always knows which task a worker holds. A worker *claims* a task before running it, under
+a per-worker lock, by writing its sequence number to the array; the parent *revokes* a task that
+is not claimed yet (to cancel it, or to move it to an idle worker) by marking its number in the
+same array under the same lock. So every task is either claimed (it ran, or was running when the
+worker died: it is never run again) or was never started (it may safely go elsewhere).
+"""
 
 from __future__ import annotations
 
 import os
 import pickle
+import signal
+import sys
 import time
-import traceback
+from collections import deque
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any
 
 from .._kernel._semaphore import ProcessSemaphore
+from . import _wire
+
+#: Shared array layout: [claimed seq, claim time (monotonic ns), revoked ring...]
+CLAIMED, STARTED_NS, RING = 0, 1, 2
+#: Slots in the revoked ring; the parent keeps every worker's unclaimed seqs within this span.
+RING_SIZE = 1024
+#: Exit code of a spawned worker whose parent created the pool while importing the main module.
+EXIT_NO_MAIN_GUARD = 87
+
+
+class WorkerBoot:
+    """Everything a worker process needs, passed as its ``Process`` argument."""
+
+    __slots__ = (
+        "close_fds",
+        "initargs",
+        "initializer",
+        "lock",
+        "max_tasks",
+        "peak",
+        "rate",
+        "results",
+        "section_mode",
+        "semaphore",
+        "shared",
+        "tasks",
+    )
+    close_fds: list[int]
+    initargs: tuple[Any, ...]
+    initializer: Callable[..., object] | None
+    lock: Any
+    max_tasks: int | None
+    peak: Any
+    rate: Any
+    results: Any  # multiprocessing Connection, write end
+    section_mode: bool
+    semaphore: ProcessSemaphore
+    shared: Any  # RawArray("q"): CLAIMED, STARTED_NS, revoked ring
+    tasks: Any  # multiprocessing Connection, read end
+
+    def __init__(self, **fields: Any) -> None:
+        for key, value in fields.items():
+            setattr(self, key, value)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {key: getattr(self, key) for key in self.__slots__}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        for key, value in state.items():
+            setattr(self, key, value)
 
 
 class WorkerState:
-    """Set once per worker process by the pool's initializer."""
+    """This worker's view of its pool, for critical_section()."""
 
-    __slots__ = ("peak", "progress", "section_mode", "semaphore", "started")
+    __slots__ = ("peak", "rate", "section_mode", "semaphore")
 
     def __init__(
-        self, semaphore: ProcessSemaphore, started: Any, progress: Any, peak: Any, section: bool
-    ):
-        self.semaphore = semaphore
-        self.started = started  # shared array: slot -> pid of the worker running that slot
-        self.progress = progress  # shared array: slot -> index of the batch's running task
-        self.peak = peak  # shared value: the most permits seen held at once
-        self.section_mode = section
+        self, semaphore: ProcessSemaphore, peak: Any, section_mode: bool, rate: Any
+    ) -> None:
+        self.semaphore, self.peak, self.section_mode, self.rate = (
+            semaphore,
+            peak,
+            section_mode,
+            rate,
+        )
 
     def enter(self) -> None:
+        """Wait for the rate gate (if any), take a permit, and record the peak seen."""
+        self.gate()
+        self.take()
+
+    def gate(self) -> None:
+        """Wait until the rate allows one more task (or section)."""
+        # ---- RATE GATE -------------------------------------------------------------------
+        # The one place a pool task waits for `rate=`: before the task in task mode, at
+        # critical_section() entry in section mode. `rate` is None or an object with
+        # acquire() (validated by the pool); the integrator wires RateLimiter in here.
+        if self.rate is not None:
+            self.rate.acquire()
+        # ------------------------------------------------------------------------------------
+
+    def take(self) -> None:
         """Take a permit and record the peak number of holders seen."""
         sem, peak = self.semaphore, self.peak
         sem.acquire()
@@ -42,105 +118,123 @@ _state: WorkerState | None = None
 _in_task = False
 
 
-def initialize(
-    state: WorkerState, initializer: Callable[..., object] | None, initargs: tuple[Any, ...]
-) -> None:
-    global _state
-    _state = state
-    if initializer is not None:
-        initializer(*initargs)
-
-
 def call_chunk(fn: Callable[..., Any], chunk: list[tuple[Any, ...]]) -> list[Any]:
     """One task that runs ``fn`` over a chunk of argument tuples (``map(chunksize=...)``)."""
     return [fn(*args) for args in chunk]
 
 
-def run_batch(slot: int, payloads: list[bytes]) -> bytes:
-    """Run pickled ``(fn, args, kwargs)`` tasks one after another in this worker.
+def call_chunk_single(fn: Callable[..., Any], chunk: list[Any]) -> list[Any]:
+    """One task that runs ``fn`` over a chunk of single arguments (``map`` of one iterable)."""
+    return [fn(arg) for arg in chunk]
 
-    The slot is marked with our pid and the index of the running task, so the pool can tell
-    which task was running if this process dies. In task mode the batch holds one permit
-    throughout: its tasks run one at a time, so the bound holds just the same. Returns the
-    pickled outcomes, each ``(True, result)`` or ``(False, exception)``, and the time taken.
-    """
-    global _in_task
-    state = _state
-    assert state is not None, "a pool task ran outside a ThrottledProcessPool worker"
-    outcomes: list[tuple[bool, Any]] = []
-    state.started[slot] = os.getpid()
-    start = time.perf_counter()
-    _in_task = True
-    if not state.section_mode:
-        state.enter()
+
+def main(boot: WorkerBoot) -> None:
+    """A worker's life: initializer, then tasks until STOP, EOF, or ``max_tasks``."""
+    with suppress(BrokenPipeError):  # the pool is gone or broken: nobody wants results
+        _serve(boot)
+
+
+def _serve(boot: WorkerBoot) -> None:
+    global _state, _in_task
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    for fd in boot.close_fds:  # fork: the other workers' task pipes, so they see EOF
+        with suppress(OSError):
+            os.close(fd)
+    out = boot.results.fileno()
+    reader = _wire.FrameReader(boot.tasks.fileno())
+    state = _state = WorkerState(boot.semaphore, boot.peak, boot.section_mode, boot.rate)
     try:
-        for index, payload in enumerate(payloads):
-            state.progress[slot] = index
+        if boot.initializer is not None:
+            boot.initializer(*boot.initargs)
+    except BaseException as exc:
+        _wire.write_all(out, _wire.result_frame(0, _wire.INIT_FAILED, 0.0, _wire.encode_error(exc)))
+        return
+    _wire.write_all(out, _wire.result_frame(0, _wire.READY, 0.0, b""))
+    shared, lock = boot.shared, boot.lock
+    task_mode = not boot.section_mode
+    keep = boot.rate is None  # keep the permit across queued tasks (not while waiting for rate)
+    left = boot.max_tasks
+    queue: deque[bytes] = deque()
+    holding = False  # task mode: the permit is kept from one task to the next while more wait
+    try:
+        while left is None or left > 0:
+            if not queue:
+                if holding:
+                    state.semaphore.release()
+                    holding = False
+                try:
+                    queue.extend(reader.read())
+                except EOFError:
+                    return
+                continue
+            body = queue.popleft()
+            (seq,) = _wire.TASK.unpack_from(body)
+            if seq == _wire.STOP:
+                return
+            if shared[RING + seq % RING_SIZE] == seq:  # revoked already: skip the gates
+                continue
+            if task_mode:
+                state.gate()
+                if not holding:
+                    state.take()
+                    holding = True
+            with lock:  # claim it, unless the parent revoked it first
+                revoked = shared[RING + seq % RING_SIZE] == seq
+                if not revoked:
+                    shared[STARTED_NS] = time.monotonic_ns()
+                    shared[CLAIMED] = seq
+            if revoked:
+                continue
+            start = time.perf_counter()
+            _in_task = True
             try:
-                fn, args, kwargs = pickle.loads(payload)
-                outcomes.append((True, fn(*args, **kwargs)))
+                fn, args, kwargs = pickle.loads(memoryview(body)[_wire.TASK.size :])
+                del body
+                kind, payload = _wire.dumps_result(fn(*args, **kwargs))
             except BaseException as exc:  # the task's own error, whatever it is
-                outcomes.append((False, _RemoteError(exc)))
+                kind, payload = _wire.ERROR, _wire.encode_error(exc)
+            finally:
+                _in_task = False
+            fn = args = kwargs = None
+            seconds = time.perf_counter() - start
+            while queue and _revoked(shared, queue[0]):  # so that they keep no permit
+                queue.popleft()
+            if holding and (not queue or not keep):  # release before the parent hears
+                state.semaphore.release()
+                holding = False
+            _wire.write_all(out, _wire.result_frame(seq, kind, seconds, payload))
+            del payload
+            if left is not None:
+                left -= 1
     finally:
-        if not state.section_mode:
+        if holding:
             state.semaphore.release()
-        _in_task = False
-        state.started[slot] = 0
-    return _dump_outcomes(outcomes, time.perf_counter() - start)
 
 
-class _RemoteError:
-    """An exception with its worker-side traceback, rebuilt as ``__cause__`` in the parent
-    (as ``ProcessPoolExecutor`` does)."""
-
-    def __init__(self, exc: BaseException) -> None:
-        self.exc = exc
-        self.tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return _rebuild_error, (self.exc, self.tb)
+def _revoked(shared: Any, body: bytes) -> bool:
+    (seq,) = _wire.TASK.unpack_from(body)
+    return seq != _wire.STOP and bool(shared[RING + seq % RING_SIZE] == seq)
 
 
-class RemoteTraceback(Exception):
-    def __str__(self) -> str:
-        return f'\n"""\n{self.args[0]}"""'
+def refuse_import_time_pool() -> None:
+    """In a spawned worker importing the main module: leave quietly with a telling exit code.
 
-
-def _rebuild_error(exc: BaseException, tb: str) -> BaseException:
-    exc.__cause__ = RemoteTraceback(tb)
-    return exc
-
-
-def _dump_outcomes(outcomes: list[tuple[bool, Any]], seconds: float) -> bytes:
-    try:
-        return pickle.dumps((outcomes, seconds), pickle.HIGHEST_PROTOCOL)
-    except Exception:  # some result or exception can't be pickled: fail just that task
-        safe = []
-        for ok, value in outcomes:
-            try:
-                pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
-                safe.append((ok, value))
-            except Exception as exc:
-                error = TypeError(
-                    f"the task's {'result' if ok else 'exception'} {type(value).__name__!r} "
-                    f"cannot be pickled back to the parent process: {exc}"
-                )
-                safe.append((False, error))
-        return pickle.dumps((safe, seconds), pickle.HIGHEST_PROTOCOL)
-
-
-def load_outcomes(data: bytes) -> tuple[list[tuple[bool, Any]], float]:
-    outcomes, seconds = pickle.loads(data)
-    return outcomes, seconds
+    The pool reports it once ("start the pool under if __name__ == '__main__':") instead of
+    every worker printing a traceback.
+    """
+    sys.exit(EXIT_NO_MAIN_GUARD)
 
 
 @contextmanager
 def critical_section() -> Iterator[None]:
     """Hold one permit of the pool's semaphore for the ``with`` block.
 
-    Usable only inside a task of a :class:`ThrottledProcessPool`. With ``throttle="section"``
-    at most ``limit`` tasks are inside it at once; with ``throttle="task"`` the whole task
-    already holds a permit, so it does nothing.
+    Usable only inside a task of a `ThrottledProcessPool`. With ``throttle="section"`` at most
+    ``limit`` tasks are inside it at once; with ``throttle="task"`` the whole task already holds
+    a permit, so it does nothing.
+
+    Raises:
+        RuntimeError: when not called from inside a pool task.
     """
     state = _state
     if state is None or not _in_task:

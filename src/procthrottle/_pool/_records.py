@@ -1,0 +1,193 @@
+"""Shared pieces of the pool's parent side: task and worker records, constants, typed state,
+and resolving futures outside the lock."""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import selectors
+import signal
+import threading
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, InvalidStateError
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any
+
+from .._kernel._semaphore import ProcessSemaphore
+from . import _wire
+from ._futures import TaskFuture
+from ._worker import CLAIMED
+
+logger = logging.getLogger("procthrottle")
+logger.addHandler(logging.NullHandler())
+
+#: A worker gets about this much work ahead (by the running average of task times)...
+AHEAD_SECONDS = 0.005
+#: ...at least this many tasks (the one it runs and the next), and at most this many.
+MIN_DEPTH, MAX_DEPTH = 2, 256
+#: A worker is sent no more while this many pickled bytes of its tasks are unfinished.
+MAX_BYTES_AHEAD = 4 << 20
+#: An idle worker takes queued tasks from a busy one whose current task has run this long.
+STEAL_AFTER = 0.002
+#: Workers that die before they are ready this many times in a row break the pool.
+MAX_START_FAILURES = 3
+PIPE_SIZE = 1 << 20
+#: Pickled tasks smaller than this are copied into one buffer per write; larger ones are
+#: written from where pickle put them.
+SMALL = 1 << 16
+
+QUEUED, SENT, DONE, CANCELLED = range(4)
+
+NO_MAIN_GUARD = (
+    "the pool's worker processes could not start: the main module creates a "
+    "ThrottledProcessPool when it is imported. Under the 'spawn' and 'forkserver' start "
+    "methods every worker imports the main module, so start the pool under "
+    "if __name__ == '__main__':"
+)
+
+
+class Task:
+    __slots__ = ("args", "fn", "future", "kwargs", "nbytes", "seq", "state", "timeout", "worker")
+
+    def __init__(
+        self,
+        future: TaskFuture[Any],
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        timeout: float | None,
+    ) -> None:
+        self.future, self.fn, self.args, self.kwargs = future, fn, args, kwargs
+        self.timeout = timeout
+        self.state = QUEUED
+        self.seq = 0
+        self.nbytes = 0
+        self.worker: Worker | None = None
+
+
+class Worker:
+    """The parent's record of one worker process and the tasks it holds."""
+
+    def __init__(self, process: Any, task_conn: Any, result_conn: Any, shared: Any, lock: Any):
+        self.process, self.pid = process, process.pid
+        self.task_conn, self.result_conn = task_conn, result_conn
+        self.task_fd, self.result_fd = task_conn.fileno(), result_conn.fileno()
+        self.reader = _wire.FrameReader(self.result_fd)
+        self.shared, self.lock = shared, lock
+        self.inflight: dict[int, Task] = {}  # seq -> task, in the order sent
+        self.out: deque[bytes | bytearray | memoryview] = deque()  # parts not yet written
+        self.out_bytes = 0
+        self.writing = False  # task_fd is registered for EVENT_WRITE
+        self.next_seq = 1
+        self.assigned = 0  # tasks sent and not revoked: max_tasks_per_child counts these
+        self.bytes_ahead = 0
+        self.ready = False
+        self.dead = False
+        self.init_error: bytes | None = None
+        self.timed_out = 0  # seq of the task we killed this worker for
+
+    def claimed(self) -> int:
+        return int(self.shared[CLAIMED])
+
+
+def describe_exit(code: int | None) -> str:
+    if code is None:
+        return "died of an unknown cause"
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with code {code} (os._exit, sys.exit or a fatal error)"
+
+
+# (future, how, what): how is True (a result), False (an exception), or one of these two
+# (a result frame, its payload still pickled: unpickled outside the pool's lock).
+PICKLED_RESULT, PICKLED_ERROR = 2, 3
+Resolution = tuple["Future[Any]", int, Any]
+Planned = tuple[Worker, Task, int, tuple[Any, Any, Any]]  # (worker, task, seq, (fn, args, kwargs))
+
+
+
+
+_PAYLOAD = _wire.RESULT.size
+
+
+class EngineState:
+    """The state the parts of the engine share (set in ``Engine.__init__``)."""
+
+    size: int
+    semaphore: ProcessSemaphore
+    owns_semaphore: bool
+    section_mode: bool
+    context: Any
+    initializer: Callable[..., object] | None
+    initargs: tuple[Any, ...]
+    max_tasks: int | None
+    rate: Any
+    peak: Any
+    lock: threading.RLock
+    queue: deque[Task]
+    workers: list[Worker]
+    counts: dict[str, int]
+    average: float | None
+    payload_size: int
+    closing: bool
+    broken: BrokenProcessPool | None
+    start_failures: int
+    sleeping: bool
+    finished: threading.Event
+    selector: selectors.BaseSelector
+    wake_r: int
+    wake_w: int
+    thread: threading.Thread
+    pid: int
+
+    def _handle(self, worker: Worker, frames: list[bytes], resolutions: list[Resolution]) -> None:
+        raise NotImplementedError
+
+    def _start_worker(self) -> Worker:
+        raise NotImplementedError
+
+    def request_stop(self) -> None:
+        raise NotImplementedError
+
+
+def resolve(resolutions: list[Resolution], engine: EngineState) -> None:
+    """Set each future's outcome (outside the pool's lock: callbacks may submit)."""
+    for future, how, value in resolutions:
+        ok = how == PICKLED_RESULT or how is True
+        if how >= PICKLED_RESULT:  # a result frame, still pickled
+            data = memoryview(value)[_PAYLOAD:]
+            try:
+                value = pickle.loads(data) if ok else _wire.decode_error(bytes(data))
+            except BaseException as exc:
+                _wire.add_note(
+                    exc,
+                    "procthrottle: the task's "
+                    + ("result" if ok else "exception")
+                    + " cannot be unpickled in the parent process",
+                )
+                if ok:
+                    with engine.lock:
+                        engine.counts["completed"] -= 1
+                        engine.counts["failed"] += 1
+                ok, value = False, exc
+            del data
+        try:
+            if ok:
+                future.set_result(value)
+            else:
+                future.set_exception(value)
+        except InvalidStateError:  # cancelled meanwhile (only a revoked task can be)
+            pass
+    resolutions.clear()
+
+
+def earliest(a: float | None, b: float | None) -> float | None:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return max(0.0, min(a, b))
