@@ -116,7 +116,9 @@ def test_rate_is_validated_and_gates_each_task_or_section(tmp_path: Path) -> Non
     with pytest.raises(TypeError, match="rate"):
         ThrottledProcessPool(1, rate=object())
     with pytest.raises(TypeError, match="rate"):
-        ThrottledExecutor(ThrottledProcessPool(1), 1, rate=3)
+        ThrottledExecutor(ThrottledProcessPool(1), 1, rate=True)
+    with pytest.raises(ValueError, match="10/s"):
+        ThrottledProcessPool(1, rate="fast")
     gates = str(tmp_path / "gates")
     gate = tasks.CountingGate(gates)
     with ThrottledProcessPool(2, 2, rate=gate) as pool:

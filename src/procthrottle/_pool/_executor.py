@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 
 from .._async._semaphore import SyncSemaphore
 from .._kernel._semaphore import ProcessSemaphore
-from ._pool import check_rate
+from .._rate._gates import sync_rate_limiter
 
 T = TypeVar("T")
 
@@ -46,7 +46,10 @@ class ThrottledExecutor(Executor):
         semaphore: An int limit (a new anonymous `ProcessSemaphore`), a `ProcessSemaphore`, any
             object with ``acquire()`` and ``release()``, or None for no concurrency bound
             (then ``rate`` must be given).
-        rate: A rate limiter (an object with ``acquire()``): each task also waits for it.
+        rate: A rate each task also waits for, where it runs, before its permit: a
+            `RateLimiter`, a string such as ``"10/s"`` or a number per second (a new anonymous
+            `RateLimiter`: it reaches forked and spawned workers of this host), or a
+            `RedisRateLimiter` (for workers on other machines).
 
     Raises:
         TypeError: a wrong type, or neither ``semaphore`` nor ``rate`` given.
@@ -61,7 +64,7 @@ class ThrottledExecutor(Executor):
     ):
         if not isinstance(executor, Executor) and not callable(getattr(executor, "submit", None)):
             raise TypeError(f"executor must be an Executor, not {type(executor).__name__}")
-        rate = check_rate(rate)
+        rate = sync_rate_limiter(rate)
         if semaphore is None:
             if rate is None:
                 raise TypeError(

@@ -20,6 +20,7 @@ import anyio.to_thread
 
 from .._kernel._semaphore import ProcessSemaphore
 from .._kernel._validate import check_limit, check_positive
+from .._rate._gates import sync_rate_limiter
 from .._typing import Self
 from . import _worker
 from ._engine import Engine
@@ -41,16 +42,6 @@ def _check_timeout(name: str, value: object) -> float | None:
     if math.isnan(value) or value <= 0:
         raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
     return None if math.isinf(value) else float(value)
-
-
-def check_rate(rate: object) -> object:
-    """``rate=`` is None or an object with ``acquire()`` (a RateLimiter)."""
-    if rate is not None and not callable(getattr(rate, "acquire", None)):
-        raise TypeError(
-            f"rate must be None or a rate limiter with an acquire() method, not "
-            f"{type(rate).__name__}"
-        )
-    return rate
 
 
 def _default_context(max_tasks_per_child: int | None) -> Any:
@@ -98,8 +89,10 @@ class ThrottledProcessPool(Executor):
         task_timeout: Default per-task timeout in seconds, counted from the task's start on a
             worker: a task past it is stopped (its worker is killed and replaced) and its future
             fails with ``TimeoutError``. ``schedule(..., timeout=)`` overrides it per task.
-        rate: A rate limiter (an object with ``acquire()``): a task (task mode) or its critical
-            section (section mode) starts only when the rate also allows it.
+        rate: A rate a task (task mode) or its critical section (section mode) also waits
+            for before it starts: a `RateLimiter`, a string such as ``"10/s"`` or a number
+            per second (a new anonymous `RateLimiter` shared with the workers), or a
+            `RedisRateLimiter`.
 
     Raises:
         ValueError: ``max_workers <= 0``, ``limit`` out of range or contradicting
@@ -154,7 +147,7 @@ class ThrottledProcessPool(Executor):
             raise TypeError(f"initargs must be a tuple, not {type(initargs).__name__}")
         _optional_positive("max_tasks_per_child", max_tasks_per_child)
         self._task_timeout = _check_timeout("task_timeout", task_timeout)
-        self._rate = check_rate(rate)
+        self._rate: object | None = sync_rate_limiter(rate)
         if mp_context is None:
             mp_context = _default_context(max_tasks_per_child)
         if getattr(multiprocessing.process.current_process(), "_inheriting", False):
