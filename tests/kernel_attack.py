@@ -1,0 +1,32 @@
+"""Shared by the kernel attack tests: a child runner and System V look-ups."""
+
+from __future__ import annotations
+
+import subprocess
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from helpers import PYTHON, python_env
+
+KINDS = [pytest.param(True, id="crash_safe"), pytest.param(False, id="posix")]
+
+
+def run_child(code: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [PYTHON, "-c", textwrap.dedent(code)],
+        env=python_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert result.returncode == 0, result.stderr
+    return result
+
+
+def sets_with_key(key: int) -> list[int]:
+    lines = Path("/proc/sysvipc/sem").read_text().splitlines()[1:]
+    return [int(f.split()[1]) for f in lines if int(f.split()[0]) == key]
+
+

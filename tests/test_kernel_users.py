@@ -1,0 +1,166 @@
+"""Another local user: named objects are owner-only, never attached to unless `mode` opts in."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import textwrap
+from collections.abc import Iterator
+
+import pytest
+
+from helpers import unique_name
+from kernel_attack import KINDS, sets_with_key
+from procthrottle import ProcessSemaphore
+from procthrottle._kernel import _inventory, _libc, _naming, _posix
+
+pytestmark = pytest.mark.skipif(not os.path.isdir("/proc/sysvipc"), reason="Linux only")
+
+
+# -- another user --------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def other_user() -> Iterator[int]:
+    if os.geteuid() != 0 or not os.path.exists("/usr/sbin/useradd"):
+        pytest.skip("needs root and useradd to make a second user")
+    user = f"ptatk{os.getpid() % 100000}"
+    subprocess.run(["useradd", "-M", "-r", "-s", "/usr/sbin/nologin", user], check=True)
+    uid = -1
+    try:
+        import pwd
+
+        uid = pwd.getpwnam(user).pw_uid
+        yield uid
+    finally:
+        subprocess.run(["userdel", user], check=False)
+        shutil.rmtree(f"/dev/shm/procthrottle-{uid}", ignore_errors=True)  # its name registry
+
+
+def as_user(uid: int, code: str, gid: int | None = None) -> None:
+    """Run ``code`` in a forked child that became user ``uid`` (group ``gid``, else its own)."""
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        status = 1
+        try:
+            os.setgroups([])
+            os.setgid(uid if gid is None else gid)
+            os.setuid(uid)
+            exec(textwrap.dedent(code), {})
+            status = 0
+        finally:
+            os._exit(status)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_squatted_system_v_key_is_refused(other_user: int) -> None:
+    name = unique_name()
+    key, hi_lo = _naming.key(name), _naming.tag(name)
+    as_user(
+        other_user,
+        f"""
+        from procthrottle._kernel import _libc
+        semid = _libc.create_empty({key}, 5, 0o666)
+        values = ((0, 100, 0), (2, 1, 0), (3, {hi_lo[0]}, 0), (4, {hi_lo[1]}, 0))
+        _libc.semop(semid, _libc.ops(*values))
+    """,
+    )
+    try:
+        with pytest.raises(PermissionError, match="owned by another user"):
+            ProcessSemaphore(1, name=name)
+        with pytest.raises(PermissionError, match="another user"):
+            ProcessSemaphore.open(name)
+        with pytest.raises(PermissionError):
+            ProcessSemaphore(1, name=name, mode=0o660)  # not our group's
+    finally:
+        semids = sets_with_key(key)
+        for semid in semids:
+            _libc.remove(semid)
+    assert len(semids) == 1
+
+
+def test_squatted_dev_shm_files_are_refused(other_user: int) -> None:
+    name = unique_name()
+    as_user(
+        other_user,
+        f"""
+        import os
+        from _multiprocessing import SemLock
+        for n in {_posix.os_names(name)!r}:
+            SemLock(1, 100, 100, n, False)
+            os.chmod("/dev/shm/sem." + n[1:], 0o666)
+    """,
+    )
+    try:
+        with pytest.raises(PermissionError, match="owned by another user"):
+            ProcessSemaphore(1, name=name, crash_safe=False)
+    finally:
+        assert _posix.unlink_named(name)
+
+
+def test_sharing_is_opt_in_with_mode(other_user: int) -> None:
+    name = unique_name()
+    as_user(
+        other_user,
+        f"""
+        from procthrottle import ProcessSemaphore
+        for crash_safe in (True, False):
+            name = {name!r} + str(crash_safe)
+            s = ProcessSemaphore(1, name=name, crash_safe=crash_safe, mode=0o666)
+            s.close()
+    """,
+    )
+    for crash_safe in (True, False):
+        shared = f"{name}{crash_safe}"
+        with pytest.raises(PermissionError):
+            ProcessSemaphore(1, name=shared, crash_safe=crash_safe)
+        sem = ProcessSemaphore(1, name=shared, crash_safe=crash_safe, mode=0o666)
+        assert sem.acquire(block=False)
+        assert not sem.acquire(block=False)
+        sem.release()
+        sem.unlink()
+
+
+@pytest.mark.parametrize("crash_safe", KINDS)
+def test_group_sharing_accepts_only_a_group_of_ours(other_user: int, crash_safe: bool) -> None:
+    name = unique_name()
+    as_user(
+        other_user,
+        f"""
+        from procthrottle import ProcessSemaphore
+        s = ProcessSemaphore(1, name={name!r}, crash_safe={crash_safe}, mode=0o660)
+        s.close()
+        """,
+        gid=os.getegid(),  # a group the test process is in
+    )
+    try:
+        with pytest.raises(PermissionError, match="another user"):
+            ProcessSemaphore(1, name=name, crash_safe=crash_safe)  # owner-only: refused
+        with pytest.raises(PermissionError, match="same sharing"):
+            ProcessSemaphore(1, name=name, crash_safe=crash_safe, mode=0o606)  # not for others
+        sem = ProcessSemaphore(1, name=name, crash_safe=crash_safe, mode=0o660)
+        assert sem.acquire(block=False)
+        sem.release()
+        sem.close()
+    finally:
+        _inventory.unlink_any(name)
+
+
+@pytest.mark.parametrize("crash_safe", KINDS)
+def test_named_objects_get_the_mode_asked_for(crash_safe: bool) -> None:
+    name = unique_name()
+    sem = ProcessSemaphore(1, name=name, crash_safe=crash_safe, mode=0o660)
+    try:
+        if crash_safe:
+            assert _naming.credentials_by_id(sem._semid)[3] & 0o777 == 0o660  # type: ignore[attr-defined]
+        else:
+            for os_name in _posix.os_names(name):
+                assert os.stat(f"/dev/shm/sem.{os_name[1:]}").st_mode & 0o777 == 0o660
+    finally:
+        sem.unlink()
+    with pytest.raises(ValueError, match="0o600"):
+        ProcessSemaphore(1, name=name, crash_safe=crash_safe, mode=0o644 & ~0o200)
+    with pytest.raises(TypeError):
+        ProcessSemaphore(1, name=name, crash_safe=crash_safe, mode="0o600")  # type: ignore[arg-type]
+
+
