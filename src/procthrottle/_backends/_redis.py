@@ -22,7 +22,7 @@ import redis
 
 from .._async._semaphore import AsyncSemaphore
 from .._exceptions import ProcThrottleError, SemaphoreClosedError
-from .._kernel._semaphore import HoldsPermits
+from .._kernel._semaphore import _HoldsPermits
 from .._kernel._validate import check_count, check_limit, check_name, check_timeout
 
 log = logging.getLogger("procthrottle.redis")
@@ -96,7 +96,7 @@ def _describe(client: redis.Redis) -> str:
     return f"redis://{host}:{port}/{kwargs.get('db', 0)}"
 
 
-class RedisSemaphore(HoldsPermits):
+class RedisSemaphore(_HoldsPermits):
     """A semaphore shared through Redis by every process, on any machine, that opens ``name``.
 
     Same interface as `ProcessSemaphore`. Permits are leases: a holder that

@@ -34,10 +34,6 @@ class _HoldsPermits:
         self.release()
 
 
-#: The mixin's former public name, kept for other modules of the package.
-HoldsPermits = _HoldsPermits
-
-
 class ProcessSemaphore(_HoldsPermits):
     """A counting semaphore shared by processes, optionally host-wide by name.
 
