@@ -385,3 +385,9 @@ def test_named_limiters_are_listed_and_unlinked_like_semaphores(named: str) -> N
     assert named not in {i.name for i in _inventory.list_rate_limiters()}
     assert not _inventory.unlink_any(named)
     limiter.close()
+    from procthrottle._kernel import _registry
+
+    again = RateLimiter(10, name=named)
+    assert named in _registry.rate_names()
+    again.unlink()  # forgets the name too
+    assert named not in _registry.rate_names()

@@ -69,8 +69,8 @@ class RateLimiter:
             `[A-Za-z0-9._-]`), with the naming and ownership rules of `ProcessSemaphore`:
             processes creating or opening it concurrently always meet on one limiter,
             whatever the timing or a creator's stall or death. Opening an existing name with
-            other rates or another burst raises `ValueError`; a name a semaphore has raises
-            `NameConflictError` (a `ValueError`).
+            other rates or another burst raises `ValueError`; so does a name a semaphore has
+            (a `ValueError` that is also a `FileExistsError`).
         extra: More `(rate, per)` pairs (or rate strings) enforced together with the first.
         mode: Permission bits of a new named limiter (default `0o600`, owner-only). An
             existing name owned by another user is used only if `mode` grants the same
@@ -354,6 +354,10 @@ class RateLimiter:
         """Remove the limiter from the host, then close it; other handles then fail."""
         if self._closed is None:
             self._store.remove()
+            if self._name is not None:
+                from .._kernel import _registry
+
+                _registry.discard(self._name, _registry.RATE)
         self.close()
 
     def __repr__(self) -> str:
