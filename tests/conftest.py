@@ -1,6 +1,9 @@
 from __future__ import annotations
 
 import gc
+import os
+import shutil
+import subprocess
 import sys
 import warnings
 from collections.abc import Iterator
@@ -50,3 +53,21 @@ def dask_client(tmp_path: Path) -> Iterator[Any]:
 @pytest.fixture(params=["asyncio", "trio"])
 def anyio_backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
+
+
+@pytest.fixture(scope="module")
+def other_user() -> Iterator[int]:
+    """The uid of a second local user, made for the module and removed after it (root only)."""
+    if os.geteuid() != 0 or not os.path.exists("/usr/sbin/useradd"):
+        pytest.skip("needs root and useradd to make a second user")
+    user = f"ptatk{os.getpid() % 100000}"
+    subprocess.run(["useradd", "-M", "-r", "-s", "/usr/sbin/nologin", user], check=True)
+    uid = -1
+    try:
+        import pwd
+
+        uid = pwd.getpwnam(user).pw_uid
+        yield uid
+    finally:
+        subprocess.run(["userdel", user], check=False)
+        shutil.rmtree(f"/dev/shm/procthrottle-{uid}", ignore_errors=True)  # its name registry

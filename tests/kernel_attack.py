@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import textwrap
 from pathlib import Path
@@ -30,3 +31,18 @@ def sets_with_key(key: int) -> list[int]:
     return [int(f.split()[1]) for f in lines if int(f.split()[0]) == key]
 
 
+def as_user(uid: int, code: str, gid: int | None = None) -> None:
+    """Run ``code`` in a forked child that became user ``uid`` (group ``gid``, else its own)."""
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        status = 1
+        try:
+            os.setgroups([])
+            os.setgid(uid if gid is None else gid)
+            os.setuid(uid)
+            exec(textwrap.dedent(code), {})
+            status = 0
+        finally:
+            os._exit(status)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0

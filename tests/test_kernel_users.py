@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
-import textwrap
-from collections.abc import Iterator
 
 import pytest
 
 from helpers import unique_name
-from kernel_attack import KINDS, sets_with_key
+from kernel_attack import KINDS, as_user, sets_with_key
 from procthrottle import ProcessSemaphore
 from procthrottle._kernel import _inventory, _libc, _naming, _posix
 
@@ -19,40 +15,6 @@ pytestmark = pytest.mark.skipif(not os.path.isdir("/proc/sysvipc"), reason="Linu
 
 
 # -- another user --------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def other_user() -> Iterator[int]:
-    if os.geteuid() != 0 or not os.path.exists("/usr/sbin/useradd"):
-        pytest.skip("needs root and useradd to make a second user")
-    user = f"ptatk{os.getpid() % 100000}"
-    subprocess.run(["useradd", "-M", "-r", "-s", "/usr/sbin/nologin", user], check=True)
-    uid = -1
-    try:
-        import pwd
-
-        uid = pwd.getpwnam(user).pw_uid
-        yield uid
-    finally:
-        subprocess.run(["userdel", user], check=False)
-        shutil.rmtree(f"/dev/shm/procthrottle-{uid}", ignore_errors=True)  # its name registry
-
-
-def as_user(uid: int, code: str, gid: int | None = None) -> None:
-    """Run ``code`` in a forked child that became user ``uid`` (group ``gid``, else its own)."""
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - child
-        status = 1
-        try:
-            os.setgroups([])
-            os.setgid(uid if gid is None else gid)
-            os.setuid(uid)
-            exec(textwrap.dedent(code), {})
-            status = 0
-        finally:
-            os._exit(status)
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
-
-
 def test_squatted_system_v_key_is_refused(other_user: int) -> None:
     name = unique_name()
     key, hi_lo = _naming.key(name), _naming.tag(name)

@@ -189,7 +189,7 @@ def test_name_with_other_rates_or_a_semaphore_is_refused(named: str) -> None:
     for crash_safe in (True, False):
         sem = ProcessSemaphore(2, name=sem_name, crash_safe=crash_safe)
         before = sysv_sets()
-        with pytest.raises(ValueError, match="name of a ProcessSemaphore"):
+        with pytest.raises(ValueError, match="is the name of a crash"):
             RateLimiter(10, name=sem_name)
         assert sysv_sets() == before
         sem.unlink()

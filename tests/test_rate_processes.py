@@ -207,16 +207,14 @@ def test_never_attaches_to_another_users_limiter(named: str) -> None:
     child.start()
     child.join(10)
     assert child.exitcode == 0
-    foreign = _store.lookup(_store.name_key(named, 0))
-    assert foreign is None  # another user's: invisible to us, though root could open it
-    from procthrottle._kernel import _libc
+    from procthrottle._kernel import _libc, _naming
 
-    theirs = _libc.lookup(_store.name_key(named, 0))
+    assert _store.lookup(_naming.rate_key(named)) is None  # another user's: never ours
+    theirs = _libc.lookup(_naming.rate_key(named))
     assert theirs is not None
     try:
-        mine = RateLimiter(10, name=named)
-        assert mine._store.semid != theirs  # a private one at the next key
-        assert mine.acquire(block=False)
-        mine.close()
+        with pytest.raises(PermissionError, match="owned by another user"):
+            RateLimiter(10, name=named)  # never silently shared, never a second set
+        assert _store.find_named(named) is None
     finally:
         _libc.remove(theirs)

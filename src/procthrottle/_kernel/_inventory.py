@@ -1,4 +1,4 @@
-"""What the CLI shows: this user's named semaphores of both kernels, read from the OS.
+"""What the CLI shows: this user's named semaphores of both kernels and named rate limiters.
 
 Names come from the owner-only registry (`_registry`), since keys are hashes; each entry is
 checked against the kernel, so a name removed by other means is simply not listed.
@@ -35,6 +35,28 @@ class NamedInfo:
     attached: int | None = None
     waiting: int | None = None
     last_pid: int | None = None
+
+
+@dataclass(frozen=True)
+class RateInfo:
+    """One named rate limiter as the OS reports it (a snapshot).
+
+    Attributes:
+        name: Its name.
+        rates: Its rates as acquisitions per second, the first one first (a rate made as
+            `"600/min"` shows as 10.0: the set keeps only the interval between acquisitions);
+            empty when half-made (its creator died before finishing it).
+        burst: Its burst (0 when half-made).
+        attached: Processes with the limiter open.
+        rate_text: The rates in words, e.g. `"10 per 1 s and 8.33333 per 1 s"` (or
+            `"half-made"`).
+    """
+
+    name: str
+    rates: tuple[float, ...]
+    burst: int
+    attached: int
+    rate_text: str
 
 
 def named_info(name: str, *, crash_safe: bool | None = None) -> list[NamedInfo]:
@@ -77,16 +99,43 @@ def list_named() -> list[NamedInfo]:
 
 
 def unlink_any(name: str, *, crash_safe: bool | None = None) -> bool:
-    """Remove ``name`` from the host under both kernels (or the one ``crash_safe`` picks).
+    """Remove ``name`` from the host: a semaphore of either kernel or a rate limiter.
 
-    Half-made names (a creator died while making them) are removed too. Returns whether
-    anything was removed.
+    ``crash_safe`` True or False removes only a semaphore of that kernel. Half-made names
+    (a creator died while making them) are removed too. Returns whether anything was removed.
     """
     from . import _sysv
 
     removed = False
+    if crash_safe is None:
+        from .._rate import _store
+
+        removed = _store.unlink_named(name)
     if crash_safe is not False:
         removed = _sysv.unlink_named(name) or removed
     if crash_safe is not True:
         removed = _posix.unlink_named(name) or removed
     return removed
+
+
+def rate_info(name: str) -> RateInfo | None:
+    """The named rate limiter ``name`` of this user, or None if there is none."""
+    from .._rate import _parse, _store
+
+    found = _store.find_named(name)
+    if found is None:
+        return None
+    _, semid, header = found
+    rates = tuple(1e9 / interval for interval in header.intervals)
+    try:
+        attached = _libc.getval(semid, _store.ATTACH)
+    except OSError:
+        return None  # removed meanwhile
+    text = _parse.describe([(rate, 1.0) for rate in rates]) if rates else "half-made"
+    return RateInfo(name, rates, header.burst, attached, text)
+
+
+def list_rate_limiters() -> list[RateInfo]:
+    """This user's named rate limiters that still exist, sorted by name."""
+    found = (rate_info(name) for name in _registry.rate_names())
+    return [info for info in found if info is not None]

@@ -5,6 +5,11 @@ two sets). ``semget(IPC_CREAT | IPC_EXCL)`` picks one creator, but leaves a set 
 gets its limit and tag from one ``semop`` that applies only while the limit is still 0, and that
 *any* opener may perform. So a creator that stalls or dies after ``semget`` delays nobody: the
 next opener finishes the set itself, atomically, and every creator then reads the same limit.
+
+Rate limiters (``procthrottle._rate._store``) make their sets through the same `claim` in a key
+space of their own (`rate_key`), and one name is one kind: `kind_holding` tells which kind
+already holds a name, and every creator checks it again once its set exists, so two racing
+creators of different kinds cannot both win.
 """
 
 from __future__ import annotations
@@ -15,7 +20,9 @@ import hashlib
 import os
 import secrets
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import sysv_ipc
 
@@ -36,9 +43,19 @@ def tag(name: str) -> tuple[int, int]:
     return (hi or 1), lo  # never the anonymous tag
 
 
-def key(name: str) -> int:
-    digest = hashlib.blake2b(f"0:{name}".encode(), digest_size=4, person=b"procthrottle.key")
+def _key(name: str, space: str) -> int:
+    digest = hashlib.blake2b(f"{space}:{name}".encode(), digest_size=4, person=b"procthrottle.key")
     return (int.from_bytes(digest.digest(), "big") & 0x7FFFFFFF) or 1  # 0 is IPC_PRIVATE
+
+
+def key(name: str) -> int:
+    """The one System V key of the crash-safe semaphore ``name``."""
+    return _key(name, "0")
+
+
+def rate_key(name: str) -> int:
+    """The one System V key of the rate limiter ``name`` (a key space of its own)."""
+    return _key(name, "rate")
 
 
 def _init_ops(limit: int, the_tag: tuple[int, int], *, attach: bool) -> ctypes.Array[_libc.SemBuf]:
@@ -74,7 +91,7 @@ def check_access(key_: int, semid: int, what: str, mode: int) -> None:
     except PermissionError:
         raise PermissionError(
             f"{what} (System V key {key_:#x}) belongs to another user and is not readable by "
-            "you; named semaphores are private to their owner. Choose another name, or ask "
+            "you; named objects are private to their owner. Choose another name, or ask "
             "that user (or root) to remove it with `procthrottle unlink`"
         ) from None
     check_owner(what, uid=uid, cuid=cuid, gid=gid, object_mode=object_mode, mode=mode)
@@ -101,8 +118,8 @@ def _layout(semid: int) -> tuple[tuple[int, int], int] | None:
         raise
 
 
-def _create(key_: int, mode: int) -> int | None:
-    return _libc.create_empty(key_, NSEMS, mode)
+def _create(key_: int, mode: int, nsems: int = NSEMS) -> int | None:
+    return _libc.create_empty(key_, nsems, mode)
 
 
 def create_anonymous(limit: int) -> tuple[int, int]:
@@ -127,65 +144,157 @@ def describe_anonymous(key_: int, semid: int) -> int | None:
     return found[1]
 
 
-def open_or_create_named(name: str, limit: int | None, mode: int) -> tuple[int, int, int, bool]:
-    """``(key, semid, limit, created)`` of the named set; ``limit=None`` only opens.
+_T = TypeVar("_T")
 
-    Raises ValueError for another limit, PermissionError for another user's set,
-    NameConflictError for another kernel or program, FileNotFoundError (only opening).
+
+def claim(
+    key_: int,
+    what: str,
+    mode: int,
+    nsems: int | None,
+    settle: Callable[[int, bool], _T],
+    missing: Callable[[], Exception],
+) -> tuple[int, _T, bool]:
+    """``(semid, settle(semid, created), created)`` of the set at ``key_``, made if need be.
+
+    The one way both kinds of named set are made: ``semget(IPC_CREAT | IPC_EXCL)`` makes a set
+    of ``nsems`` zeros with permissions ``mode`` (``nsems=None`` only opens); an existing set
+    is used only if `check_access` allows it. ``settle`` reads the set and, if it is still
+    half-made, finishes it with one guarded ``semop`` that any opener may perform (so nobody
+    waits for a stalled or dead creator). A set removed meanwhile is made again.
+
+    Raises:
+        PermissionError: The set belongs to another user and ``mode`` does not share it.
+        Exception: ``missing()`` when only opening and there is no set.
     """
-    from . import _posix, _registry
-
-    what = f"semaphore {name!r}"
-    key_, the_tag = key(name), tag(name)
     while True:
         created = False
-        semid = None if limit is None else _create(key_, mode)
+        semid = None if nsems is None else _create(key_, mode, nsems)
         if semid is None:
             semid = _lookup(key_)
             if semid is None:
-                if limit is None:
-                    raise _not_found(name)
+                if nsems is None:
+                    raise missing()
                 continue  # removed since our semget: create it again
         else:
             created = True
         try:
             if not created:
                 check_access(key_, semid, what, mode)
-            found = None if created else _layout(semid)
-            half_made = created or (found is not None and found[1] == 0)
-            if limit is not None and half_made:
-                # finishes a half-made set (ours, or a dead or stalled creator's); a no-op if
-                # someone else finished it meanwhile
-                _libc.semop(semid, _init_ops(limit, the_tag, attach=False))
-                found = _layout(semid)
+            return semid, settle(semid, created), created
         except OSError as exc:
             if exc.errno in _libc.GONE:
                 continue  # removed meanwhile (EINVAL) or between the calls (EIDRM)
             if exc.errno == errno.EACCES:
                 raise PermissionError(f"{what}: {exc.strerror}") from None
             raise
-        if found is None or (found[0] != the_tag and found[1] != 0):  # not ours
-            raise NameConflictError(
-                f"{what}: its System V key {key_:#x} is used by "
-                + ("a set of another program" if found is None else "another semaphore name")
-                + "; choose another name, or remove that set (ipcrm -S "
-                f"{key_:#x}) if it is stale"
-            )
-        existing = found[1]
-        if existing == 0:  # opening without a limit a set whose creator has not finished
-            raise _not_found(name, half_made=True)
-        if limit is not None and existing != limit:
-            raise ValueError(
-                f"{what} already exists with limit={existing}, not {limit}; open it with "
-                f"limit={existing} (or ProcessSemaphore.open({name!r})), or unlink it first "
-                f"(`procthrottle unlink {name}`)"
-            )
-        if created:
-            if _posix.exists(name):  # a crash_safe=False creator raced us: neither wins
-                _libc.remove(semid)
-                raise _other_kernel(name, crash_safe=False)
-            _registry.add(name, True)
-        return key_, semid, existing, created
+
+
+def foreign_key(what: str, key_: int, holder: str) -> NameConflictError:
+    """The error for a key held by a set that is not this name's."""
+    return NameConflictError(
+        f"{what}: its System V key {key_:#x} is used by {holder}; choose another name, or "
+        f"remove that set (ipcrm -S {key_:#x}) if it is stale"
+    )
+
+
+def open_or_create_named(name: str, limit: int | None, mode: int) -> tuple[int, int, int, bool]:
+    """``(key, semid, limit, created)`` of the named set; ``limit=None`` only opens.
+
+    Raises ValueError for another limit, PermissionError for another user's set,
+    NameConflictError for another kernel, kind or program, FileNotFoundError (only opening).
+    """
+    from . import _registry
+
+    what = f"semaphore {name!r}"
+    key_, the_tag = key(name), tag(name)
+    if limit is not None:
+        refuse_other_kind(name, "semaphore")
+
+    def settle(semid: int, created: bool) -> tuple[tuple[int, int], int] | None:
+        found = None if created else _layout(semid)
+        if limit is not None and (created or (found is not None and found[1] == 0)):
+            # finishes a half-made set (ours, or a dead or stalled creator's); a no-op if
+            # someone else finished it meanwhile
+            _libc.semop(semid, _init_ops(limit, the_tag, attach=False))
+            found = _layout(semid)
+        return found
+
+    semid, found, created = claim(
+        key_, what, mode, None if limit is None else NSEMS, settle, lambda: _not_found(name)
+    )
+    if found is None or (found[0] != the_tag and found[1] != 0):  # not ours
+        holder = "a set of another program" if found is None else "another semaphore name"
+        raise foreign_key(what, key_, holder)
+    existing = found[1]
+    if existing == 0:  # opening without a limit a set whose creator has not finished
+        raise _not_found(name, half_made=True)
+    if limit is not None and existing != limit:
+        raise ValueError(
+            f"{what} already exists with limit={existing}, not {limit}; open it with "
+            f"limit={existing} (or ProcessSemaphore.open({name!r})), or unlink it first "
+            f"(`procthrottle unlink {name}`)"
+        )
+    if created:
+        other = kind_holding(name, exclude="crash-safe semaphore")
+        if other is not None:  # a creator of another kind raced us: neither wins
+            _libc.remove(semid)
+            if other == RATE_LIMITER:
+                raise kind_conflict(name, "semaphore", other)
+            raise _other_kernel(name, crash_safe=False)
+        _registry.add(name, True)
+    return key_, semid, existing, created
+
+
+#: The kinds a name can be (see `kind_holding`).
+CRASH_SAFE, POSIX, RATE_LIMITER = (
+    "crash-safe semaphore",
+    "crash_safe=False semaphore",
+    "rate limiter",
+)
+
+
+def _exists_at(key_: int) -> bool:
+    try:
+        return _libc.lookup(key_) is not None
+    except OSError:  # pragma: no cover - cannot tell: say yes, refusing is the safe side
+        return True
+
+
+def kind_holding(name: str, *, exclude: str | None = None) -> str | None:
+    """Which kind of object (`CRASH_SAFE`, `POSIX`, `RATE_LIMITER`) has the name, if any.
+
+    Half-made objects count: their name is taken. ``exclude`` skips the caller's own kind.
+    """
+    from . import _posix
+
+    if exclude != CRASH_SAFE and _exists_at(key(name)):
+        return CRASH_SAFE
+    if exclude != POSIX and _posix.exists(name):
+        return POSIX
+    if exclude != RATE_LIMITER and _exists_at(rate_key(name)):
+        return RATE_LIMITER
+    return None
+
+
+def kind_conflict(name: str, wanted: str, existing: str) -> NameConflictError:
+    """The error for a name that another kind of object has (one name, one kind)."""
+    return NameConflictError(
+        f"{name!r} is the name of a {existing}, so it cannot name a {wanted} too (one name is "
+        f"one object); choose another name, or unlink the {existing} first "
+        f"(`procthrottle unlink {name}`)"
+    )
+
+
+def refuse_other_kind(name: str, wanted: str) -> None:
+    """NameConflictError if a rate limiter has the name and a semaphore is wanted, or the
+    other way round (the two semaphore kernels have their own, more specific, errors)."""
+    if wanted == RATE_LIMITER:
+        other = kind_holding(name, exclude=RATE_LIMITER)
+    else:
+        other = RATE_LIMITER if _exists_at(rate_key(name)) else None
+    if other is not None:
+        raise kind_conflict(name, wanted, other)
 
 
 def _lookup(key_: int) -> int | None:
@@ -209,6 +318,8 @@ def _not_found(name: str, *, half_made: bool = False) -> FileNotFoundError:
     hint = ""
     if _posix.exists(name):
         hint = "; a crash_safe=False semaphore has this name: open it with crash_safe=False"
+    elif _exists_at(rate_key(name)):
+        hint = "; a rate limiter has this name (one name is one object)"
     return FileNotFoundError(
         f"no crash-safe semaphore named {name!r} exists; create it with "
         f"ProcessSemaphore(limit, name={name!r}){hint}"
@@ -216,6 +327,8 @@ def _not_found(name: str, *, half_made: bool = False) -> FileNotFoundError:
 
 
 def _other_kernel(name: str, *, crash_safe: bool) -> NameConflictError:
+    if crash_safe and _exists_at(rate_key(name)):  # a crash_safe=False creator's check
+        return kind_conflict(name, "semaphore", RATE_LIMITER)
     return NameConflictError(
         f"semaphore {name!r} already exists with crash_safe={crash_safe}; open it with "
         f"crash_safe={crash_safe}, or unlink it first (`procthrottle unlink {name}`)"
@@ -223,11 +336,12 @@ def _other_kernel(name: str, *, crash_safe: bool) -> NameConflictError:
 
 
 def exists(name: str) -> bool:
-    """Whether a System V set (half-made or not) holds the name's key."""
-    try:
-        return _libc.lookup(key(name)) is not None
-    except OSError:  # pragma: no cover - cannot tell: say yes, refusing is the safe side
-        return True
+    """Whether a System V set (half-made or not) holds one of the name's keys.
+
+    A crash-safe semaphore's key or a rate limiter's: a ``crash_safe=False`` creator asks this
+    to refuse a name that either kind has (and `_other_kernel` then says which).
+    """
+    return _exists_at(key(name)) or _exists_at(rate_key(name))
 
 
 def find_named(name: str) -> tuple[int, int, int] | None:

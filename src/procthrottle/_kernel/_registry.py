@@ -1,9 +1,10 @@
 """An owner-only directory that remembers which names this user created.
 
 System V keys and POSIX object names are hashes of the name, so the names cannot be read back
-from the kernel; `procthrottle list` needs them. Each named semaphore a user creates leaves an
-empty file ``<name>.<kind>`` in ``/dev/shm/procthrottle-<uid>`` (or the temp directory where
-there is no ``/dev/shm``); `unlink` removes it. The directory is used only if this user owns it
+from the kernel; `procthrottle list` needs them. Each named semaphore or rate limiter a user
+creates leaves an empty file ``<name>.<kind>`` (``sysv``, ``posix`` or ``rate``) in
+``/dev/shm/procthrottle-<uid>`` (or the temp directory where there is no ``/dev/shm``);
+`unlink` removes it. The directory is used only if this user owns it
 and nobody else can write to it; otherwise the registry is silently off (listing shows less,
 nothing else changes). The entries are hints: a lister checks that each object still exists.
 """
@@ -16,7 +17,9 @@ import stat
 import tempfile
 from pathlib import Path
 
-KINDS = {True: "sysv", False: "posix"}
+#: The file suffix of each kind: a semaphore's ``crash_safe`` flag, or ``RATE``.
+RATE = "rate"
+KINDS: dict[bool | str, str] = {True: "sysv", False: "posix", RATE: "rate"}
 
 
 def directory(*, create: bool) -> Path | None:
@@ -35,8 +38,8 @@ def directory(*, create: bool) -> Path | None:
     return path
 
 
-def add(name: str, crash_safe: bool) -> None:
-    """Remember that this user created ``name``; best effort."""
+def add(name: str, crash_safe: bool | str) -> None:
+    """Remember that this user created ``name`` (a semaphore of that kernel, or `RATE`)."""
     path = directory(create=True)
     if path is None:
         return
@@ -45,7 +48,7 @@ def add(name: str, crash_safe: bool) -> None:
         os.close(os.open(path / f"{name}.{KINDS[crash_safe]}", flags, 0o600))
 
 
-def discard(name: str, crash_safe: bool) -> None:
+def discard(name: str, crash_safe: bool | str) -> None:
     path = directory(create=False)
     if path is not None:
         with contextlib.suppress(OSError):
@@ -53,7 +56,7 @@ def discard(name: str, crash_safe: bool) -> None:
 
 
 def entries() -> list[tuple[str, bool]]:
-    """``(name, crash_safe)`` of every remembered name, sorted."""
+    """``(name, crash_safe)`` of every remembered semaphore name, sorted."""
     path = directory(create=False)
     if path is None:
         return []
@@ -63,3 +66,16 @@ def entries() -> list[tuple[str, bool]]:
         if kind in ("sysv", "posix") and name:
             found.append((name, kind == "sysv"))
     return sorted(found)
+
+
+def rate_names() -> list[str]:
+    """Every remembered rate limiter name, sorted."""
+    path = directory(create=False)
+    if path is None:
+        return []
+    suffix = f".{RATE}"
+    return sorted(
+        e.name[: -len(suffix)]
+        for e in path.iterdir()
+        if e.name.endswith(suffix) and e.name != suffix
+    )

@@ -11,7 +11,7 @@ from types import TracebackType
 from typing import Any
 
 from .._exceptions import SemaphoreClosedError
-from .._kernel._validate import check_name, check_timeout
+from .._kernel._validate import DEFAULT_MODE, check_mode, check_name, check_timeout
 from .._typing import Self
 
 try:
@@ -45,25 +45,6 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def _semaphore_exists(name: str) -> bool:
-    """Whether a ProcessSemaphore (either kernel) already has this name."""
-    found = False
-    try:
-        from .._kernel import _sysv
-
-        found = _sysv.find_named(name) is not None
-    except (ImportError, AttributeError, OSError):  # pragma: no cover - kernel without it
-        pass
-    if not found:
-        try:
-            from .._kernel import _posix
-
-            found = _posix.find_named(name) is not None
-        except (ImportError, AttributeError, OSError):  # pragma: no cover
-            pass
-    return found
-
-
 class RateLimiter:
     """At most `rate` acquisitions per `per` seconds, shared by processes.
 
@@ -85,14 +66,22 @@ class RateLimiter:
         per: The period of `rate` in seconds.
         burst: How many acquisitions may be admitted at once after an idle period (>= 1).
         name: Share the limiter host-wide under this name (1 to 200 characters of
-            `[A-Za-z0-9._-]`; owner-only, never attached to another user's object). Opening
-            an existing name with other rates or another burst raises `ValueError`.
+            `[A-Za-z0-9._-]`), with the naming and ownership rules of `ProcessSemaphore`:
+            processes creating or opening it concurrently always meet on one limiter,
+            whatever the timing or a creator's stall or death. Opening an existing name with
+            other rates or another burst raises `ValueError`; so does a name a semaphore has
+            (a `ValueError` that is also a `FileExistsError`).
         extra: More `(rate, per)` pairs (or rate strings) enforced together with the first.
+        mode: Permission bits of a new named limiter (default `0o600`, owner-only). An
+            existing name owned by another user is used only if `mode` grants the same
+            sharing (`0o660`: a group the caller is in; `0o666`: everyone).
 
     Raises:
         TypeError: An argument of the wrong type (bools are refused as numbers).
         ValueError: A rate or period that is not a finite number > 0, an unparseable rate
-            string, `burst < 1`, or a name that exists with other rates or as a semaphore.
+            string, `burst < 1`, a bad `mode`, or a name that exists with other rates or as
+            a semaphore.
+        PermissionError: `name` belongs to another user and `mode` does not share it.
     """
 
     __slots__ = (
@@ -103,6 +92,7 @@ class RateLimiter:
         "_closed",
         "_finalizer",
         "_intervals",
+        "_mode",
         "_name",
         "_pairs",
         "_single",
@@ -120,30 +110,23 @@ class RateLimiter:
         burst: int = 1,
         name: str | None = None,
         extra: Sequence[tuple[float, float] | str] = (),
+        mode: int = DEFAULT_MODE,
     ) -> None:
         pairs = [rate_pair(rate, per), *check_extra(extra)]
         burst = check_burst(burst)
         name = check_name(name)
+        mode = check_mode(mode)
         if _UNAVAILABLE is not None:  # pragma: no cover - Windows
             raise NotImplementedError(_UNAVAILABLE)
         if len(pairs) > shared.MAX_RATES:
             raise ValueError(f"at most {shared.MAX_RATES} rates per limiter, got {len(pairs)}")
         intervals = intervals_ns(pairs, burst)
         self._configure(pairs, burst, intervals, name)
+        self._mode = mode
         if name is None:
             store = shared.create_anonymous(burst, intervals)
         else:
-
-            def refuse_semaphore_names() -> None:
-                if _semaphore_exists(name):
-                    raise ValueError(
-                        f"{name!r} is the name of a ProcessSemaphore; give the rate limiter a "
-                        f"name of its own (or unlink the semaphore: `procthrottle unlink {name}`)"
-                    )
-
-            store, header = shared.open_or_create_named(
-                name, burst, intervals, refuse_semaphore_names
-            )
+            store, header = shared.open_or_create_named(name, burst, intervals, mode)
             if header is not None and (header.burst, header.intervals) != (burst, intervals):
                 raise ValueError(self._mismatch(name, header))
         self._setup(store)
@@ -371,6 +354,10 @@ class RateLimiter:
         """Remove the limiter from the host, then close it; other handles then fail."""
         if self._closed is None:
             self._store.remove()
+            if self._name is not None:
+                from .._kernel import _registry
+
+                _registry.discard(self._name, _registry.RATE)
         self.close()
 
     def __repr__(self) -> str:
@@ -384,12 +371,14 @@ class RateLimiter:
         if self._closed is not None:
             raise SemaphoreClosedError("cannot pickle a closed rate limiter")
         if self._name is not None:
-            return (_open_named, (self._name, self._pairs, self._burst))
+            return (_open_named, (self._name, self._pairs, self._burst, self._mode))
         return (_open_anonymous, (self._store.key, self._pairs, self._burst))
 
 
-def _open_named(name: str, pairs: list[tuple[float, float]], burst: int) -> RateLimiter:
-    return RateLimiter(*pairs[0], burst=burst, name=name, extra=pairs[1:])
+def _open_named(
+    name: str, pairs: list[tuple[float, float]], burst: int, mode: int = DEFAULT_MODE
+) -> RateLimiter:
+    return RateLimiter(*pairs[0], burst=burst, name=name, extra=pairs[1:], mode=mode)
 
 
 def _open_anonymous(key: int, pairs: list[tuple[float, float]], burst: int) -> RateLimiter:
@@ -401,6 +390,7 @@ def _open_anonymous(key: int, pairs: list[tuple[float, float]], burst: int) -> R
         return existing
     self = object.__new__(RateLimiter)
     self._configure(list(pairs), burst, intervals, None)
+    self._mode = DEFAULT_MODE
     self._store = store  # attached when first used, after a spawned child's bootstrap
     _live.add(self)
     _anonymous[store.semid] = self

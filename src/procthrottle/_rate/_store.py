@@ -11,6 +11,13 @@ this process read, a multi-word compare-and-swap. A process killed at any instan
 leaves either the old state or the new one, never a mix, and never holds anything the others
 wait for. The attach counter moves with ``SEM_UNDO`` (as in the semaphore kernel), so it counts
 the live processes using the set; the last one to close an anonymous set removes it.
+
+A named set is found and made exactly as a named semaphore (``_kernel._naming.claim``): one
+key per name (`_naming.rate_key`, a key space of its own), ``semget(IPC_CREAT | IPC_EXCL)``
+making a set of zeros, then one ``semop`` that writes the whole header only while the magic
+word is still 0, which any opener may perform. Nobody waits for a creator, a stalled or dead
+creator's set is finished by the next opener, and an existing set is used only if its owner
+checks pass (`_kernel._owner`).
 """
 
 from __future__ import annotations
@@ -23,14 +30,13 @@ import os
 import secrets
 import sys
 import threading
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import NoReturn
 
 import sysv_ipc
 
 from .._exceptions import SemaphoreClosedError
-from .._kernel import _libc
+from .._kernel import _libc, _naming, _registry
 
 MAGIC, ATTACH, TAG_HI, TAG_LO, BURST, NRATES = range(6)
 HEADER = 6
@@ -42,8 +48,6 @@ WORDS = 4  # 60 bits per time value
 MAX_TIME = 1 << (WORD_BITS * WORDS)
 MAX_RATES = 8
 ANONYMOUS_TAG = (0, 0)
-PROBES = 8
-INIT_TIMEOUT = 2.0
 GETALL = 6 if sys.platform == "darwin" else 13
 
 _getall = _libc.libc["semctl"]
@@ -84,51 +88,77 @@ def name_tag(name: str) -> tuple[int, int]:
     return ((value >> 15) & WORD_MASK) or 1, value & WORD_MASK
 
 
-def name_key(name: str, probe: int) -> int:
-    data = f"{probe}:{name}".encode()
-    digest = hashlib.blake2b(data, digest_size=4, person=b"procthrottle.rky").digest()
-    return (int.from_bytes(digest, "big") & 0x7FFFFFFF) or 1
+def _init_ops(
+    tag: tuple[int, int], burst: int, intervals: Sequence[int]
+) -> ctypes.Array[_libc.SemBuf]:
+    """Write a named set's header in one ``semop``, only while its magic word is still 0."""
+    triples = [(MAGIC, 0, _libc.IPC_NOWAIT)]
+    for word, value in enumerate(initial(tag, burst, intervals)):
+        if value and word != ATTACH:
+            triples.append((word, value, 0))
+    return _libc.ops(*triples)
 
 
 class Header:
-    """What a set says about itself: owner tag, burst and intervals."""
+    """What a set says about itself: owner tag, burst and intervals (none: half-made)."""
 
     __slots__ = ("burst", "intervals", "tag")
 
     def __init__(self, tag: tuple[int, int], burst: int, intervals: tuple[int, ...]) -> None:
         self.tag, self.burst, self.intervals = tag, burst, intervals
 
+    @property
+    def half_made(self) -> bool:
+        """Its creator made it but nobody has written its header yet."""
+        return not self.intervals
 
-def inspect(semid: int) -> Header | None:
-    """The header of a procthrottle rate set; None for any other set (or a half-made one)."""
+
+HALF_MADE = Header(ANONYMOUS_TAG, 0, ())
+
+
+def _has_size(semid: int, size: int) -> bool:
+    """Whether the set has exactly ``size`` semaphores."""
     try:
-        deadline = time.monotonic() + INIT_TIMEOUT
-        while (magic := _libc.getval(semid, MAGIC)) == 0:  # SETALL not done yet
-            if time.monotonic() > deadline:
-                if _libc.getval(semid, ATTACH) == 0 and _libc.getval(semid, NRATES) == 0:
-                    _libc.remove(semid)  # its creator died between semget and SETALL
-                return None
-            time.sleep(0.001)
-        if magic != MAGIC_VALUE:
-            return None
-        count = _libc.getval(semid, NRATES)
-        if not 1 <= count <= MAX_RATES:
-            return None
-        size = nsems(count)
         _libc.getval(semid, size - 1)
-        try:
-            _libc.getval(semid, size)
-        except OSError as exc:
-            if exc.errno != errno.EINVAL:
-                raise
-        else:
-            return None  # a larger set: not ours
-        values = read_all(semid, size)
-    except OSError:
+    except OSError as exc:
+        if exc.errno == errno.EINVAL and _libc.getval(semid, 0) >= 0:
+            return False  # smaller (EINVAL for the set itself propagates from getval(0))
+        raise
+    try:
+        _libc.getval(semid, size)
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:
+            raise
+        return True
+    return False
+
+
+def read_header(semid: int) -> Header | None:
+    """The header of a rate set (`HALF_MADE` if it has none yet); None for any other set.
+
+    Raises OSError (EINVAL, EIDRM) if the set is removed meanwhile.
+    """
+    magic = _libc.getval(semid, MAGIC)
+    if magic == 0:  # the header is written by one semop: all of it, or none yet
+        return HALF_MADE if _libc.getval(semid, NRATES) == 0 else None
+    if magic != MAGIC_VALUE:
         return None
+    count = _libc.getval(semid, NRATES)
+    if not 1 <= count <= MAX_RATES or not _has_size(semid, nsems(count)):
+        return None
+    values = read_all(semid, nsems(count))
     ends = range(HEADER, HEADER + WORDS * count, WORDS)
     intervals = tuple(decode(values[i : i + WORDS]) for i in ends)
     return Header((values[TAG_HI], values[TAG_LO]), values[BURST], intervals)
+
+
+def inspect(semid: int) -> Header | None:
+    """The header of a finished procthrottle rate set; None for any other set or none."""
+    try:
+        header = read_header(semid)
+    except OSError:
+        return None
+    return None if header is None or header.half_made else header
 
 
 def read_all(semid: int, size: int) -> list[int]:
@@ -153,14 +183,23 @@ def lookup(key: int) -> int | None:
     return semid
 
 
-class _Ops(threading.local):
+class _Buffers:
     """One thread's buffers: the ``struct sembuf`` array of an update, the values read."""
+
+    __slots__ = ("address", "after", "before", "ops", "values")
 
     def __init__(self, template: list[int], size: int) -> None:
         self.ops = array.array("h", template)
         self.address = ctypes.c_void_p(self.ops.buffer_info()[0])
         self.before = self.after = -1  # the values of a one-rate update in ops; -1: none
         self.values = (ctypes.c_ushort * size)()
+
+
+class _PerThread(threading.local):
+    """`_Buffers` per thread, reached with one thread-local lookup (each costs ~50 ns)."""
+
+    def __init__(self, template: list[int], size: int) -> None:
+        self.buffers = _Buffers(template, size)
 
 
 class RateSet:
@@ -178,11 +217,11 @@ class RateSet:
             for _ in range(3):
                 template += [word, 0, _libc.IPC_NOWAIT]
         self.count_ops = ctypes.c_size_t(len(template) // 3)
-        self._local = _Ops(template, size)
+        self._local = _PerThread(template, size)
 
     def read(self) -> list[int]:
         """The TATs now (one atomic GETALL)."""
-        buffer = self._local.values
+        buffer = self._local.buffers.values
         if _getall(self.semid, 0, GETALL, ctypes.addressof(buffer)) < 0:
             self._fail()
         base = self.tat_base
@@ -193,7 +232,7 @@ class RateSet:
 
     def swap(self, old: Sequence[int], new: Sequence[int]) -> bool:
         """Replace the TATs ``old`` by ``new`` if they still are ``old`` (atomically)."""
-        local = self._local
+        local = self._local.buffers
         ops = local.ops
         local.before = local.after = -1  # the buffer no longer holds a cas1 update
         pos = 1
@@ -225,7 +264,7 @@ class RateSet:
         """
         if after >= MAX_TIME:
             raise OverflowError("the rate limiter's queue reaches too far into the future")
-        local = self._local
+        local = self._local.buffers
         ops = local.ops
         ops[1] = -(before & 0x7FFF)
         ops[7] = after & 0x7FFF
@@ -308,47 +347,68 @@ def open_anonymous(key: int, burst: int, intervals: Sequence[int]) -> RateSet:
 
 
 def find_named(name: str) -> tuple[int, int, Header] | None:
-    """``(key, semid, header)`` of the named rate set, or None."""
-    tag = name_tag(name)
-    for probe in range(PROBES):
-        key = name_key(name, probe)
-        semid = lookup(key)
-        if semid is None:
-            continue
-        header = inspect(semid)
-        if header is not None and header.tag == tag:
-            return key, semid, header
-    return None
+    """``(key, semid, header)`` of this user's rate set of that name (maybe `HALF_MADE`)."""
+    key = _naming.rate_key(name)
+    semid = lookup(key)
+    if semid is None:
+        return None
+    try:
+        header = read_header(semid)
+    except OSError:
+        return None
+    if header is None or not (header.half_made or header.tag == name_tag(name)):
+        return None
+    return key, semid, header
 
 
 def open_or_create_named(
-    name: str, burst: int, intervals: Sequence[int], before_create: Callable[[], None]
+    name: str, burst: int, intervals: Sequence[int], mode: int
 ) -> tuple[RateSet, Header | None]:
     """The named set, created if need be; also the header of an existing one (None if new).
 
-    ``before_create`` runs before a new set is made (it may refuse by raising).
+    Raises:
+        NameConflictError: A semaphore has the name (before or, racing, after we made the
+            set), or the key holds a set of another program or another rate limiter name.
+        PermissionError: The set belongs to another user and ``mode`` does not share it.
+        ValueError: A half-made set of another size (a creator with another number of rates).
     """
-    for _ in range(3):  # a concurrent creator may win the key we chose
-        found = find_named(name)
-        if found is not None:
-            key, semid, header = found
-            return RateSet(key, semid, len(header.intervals)), header
-        before_create()
-        for probe in range(PROBES):
-            key = name_key(name, probe)
-            try:
-                if _libc.lookup(key) is not None:
-                    continue
-            except PermissionError:
-                continue
-            created = _libc.create(key, initial(name_tag(name), burst, intervals))
-            if created is not None:
-                return RateSet(key, created, len(intervals)), None
-            break  # taken meanwhile: look again, it may be our name
-    raise OSError(errno.ENOSPC, f"no free System V key for rate limiter {name!r}")
+    what = f"rate limiter {name!r}"
+    _naming.refuse_other_kind(name, _naming.RATE_LIMITER)
+    key, tag, size = _naming.rate_key(name), name_tag(name), nsems(len(intervals))
+    init = _init_ops(tag, burst, intervals)
+
+    def settle(semid: int, created: bool) -> Header | None:
+        header = HALF_MADE if created else read_header(semid)
+        if header is not None and header.half_made and (created or _has_size(semid, size)):
+            # ours, or a stalled or dead creator's of our size: a no-op if finished meanwhile
+            _libc.semop(semid, init)
+            header = read_header(semid)
+        return header
+
+    def missing() -> Exception:  # pragma: no cover - claim always creates here
+        return FileNotFoundError(what)
+
+    semid, header, created = _naming.claim(key, what, mode, size, settle, missing)
+    if header is None or not (header.half_made or header.tag == tag):
+        holder = "a set of another program" if header is None else "another rate limiter name"
+        raise _naming.foreign_key(what, key, holder)
+    if header.half_made:
+        raise ValueError(
+            f"{what} is half-made by a creator with another number of rates (its creator "
+            f"stopped or died before finishing it); create it with that creator's rates, or "
+            f"remove it with `procthrottle unlink {name}`"
+        )
+    if created:
+        other = _naming.kind_holding(name, exclude=_naming.RATE_LIMITER)
+        if other is not None:  # a semaphore creator raced us: neither wins
+            _libc.remove(semid)
+            raise _naming.kind_conflict(name, _naming.RATE_LIMITER, other)
+        _registry.add(name, _registry.RATE)
+    return RateSet(key, semid, len(intervals)), None if created else header
 
 
 def unlink_named(name: str) -> bool:
-    """Remove the named rate limiter from the host; False if there was none."""
+    """Remove the named rate limiter from the host (half-made too); False if there was none."""
     found = find_named(name)
+    _registry.discard(name, _registry.RATE)
     return found is not None and _libc.remove(found[1])
