@@ -193,7 +193,7 @@ def test_signals_are_forwarded_and_permit_released(
 def test_status_and_unlink(name: str) -> None:
     missing = cli("status", name)
     assert missing.returncode == 1
-    assert "no semaphore named" in missing.stderr
+    assert "no semaphore or rate limiter named" in missing.stderr
     sem = ProcessSemaphore(3, name=name)
     assert sem.acquire()
     text = cli("status", name)
@@ -425,9 +425,17 @@ def test_rate_with_no_wait_gives_the_conflict_code(name: str) -> None:
     assert other.returncode == 2, other.stderr
     assert len(other.stderr.strip().splitlines()) == 1
     no_traceback(other.stderr)
-    from procthrottle._rate import _store
-
-    assert _store.unlink_named(f"{name}.rate")
+    # the rate limiter NAME.rate is listed, described and removed like a semaphore
+    status = cli("status", f"{name}.rate", "--json")
+    assert status.returncode == 0, status.stderr
+    info = json.loads(status.stdout)
+    assert info["kind"] == "rate"
+    assert info["burst"] == 1
+    assert info["rates_per_second"] == [pytest.approx(1 / 60)]
+    listed = json.loads(cli("list", "--json").stdout)
+    assert [e["name"] for e in listed if e.get("kind") == "rate"].count(f"{name}.rate") == 1
+    assert cli("unlink", f"{name}.rate").returncode == 0
+    assert cli("status", f"{name}.rate").returncode == 1
 
 
 def test_list_shows_this_users_semaphores(name: str) -> None:

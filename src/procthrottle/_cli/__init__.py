@@ -18,7 +18,7 @@ import traceback
 from collections.abc import Sequence
 
 from .._exceptions import SemaphoreClosedError
-from .._kernel._inventory import NamedInfo
+from .._kernel._inventory import NamedInfo, RateInfo
 from . import _names
 from ._errors import (
     EXIT_CONFLICT,
@@ -123,11 +123,22 @@ def _left(deadline: float | None) -> float | None:
 
 def _status(name: str, *, as_json: bool) -> int:
     found = _names.describe(name)
-    if not found:
-        raise CliError(f"no semaphore named {name!r} on this host", EXIT_NOT_FOUND_NAME)
+    rate = _names.describe_rate(name)
+    if not found and rate is None:
+        raise CliError(f"no semaphore or rate limiter named {name!r} on this host",
+                       EXIT_NOT_FOUND_NAME)
     for info in found:
         print(json.dumps(_as_dict(info)) if as_json else _line(info))
+    if rate is not None:
+        print(json.dumps(_rate_dict(rate)) if as_json else
+              f"{rate.name}: rate limiter, {rate.rate_text}, burst {rate.burst}, "
+              f"processes attached {rate.attached}")
     return 0
+
+
+def _rate_dict(info: RateInfo) -> dict[str, object]:
+    return {"name": info.name, "kind": "rate", "rates_per_second": list(info.rates),
+            "burst": info.burst, "processes_attached": info.attached}
 
 
 def _as_dict(info: NamedInfo) -> dict[str, object]:
@@ -153,8 +164,9 @@ def _line(info: NamedInfo) -> str:
 
 def _list(*, as_json: bool) -> int:
     found = _names.list_named()
+    rates = _names.list_rates()
     if as_json:
-        print(json.dumps([_as_dict(info) for info in found]))
+        print(json.dumps([_as_dict(info) for info in found] + [_rate_dict(r) for r in rates]))
         return 0
     rows: list[tuple[str, ...]] = [
         ("NAME", "KIND", "LIMIT", "FREE", "HELD", "ATTACHED", "WAITING", "LAST PID")
@@ -165,6 +177,9 @@ def _list(*, as_json: bool) -> int:
             str(info.limit), str(info.value), str(info.held),
             *("-" if v is None else str(v) for v in (info.attached, info.waiting, info.last_pid)),
         ))
+    for rate in rates:  # a rate limiter has no permits: its rate stands in the LIMIT column
+        rows.append((rate.name, "rate", rate.rate_text.replace(" ", ""), "-", "-",
+                     str(rate.attached), "-", "-"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         cells = (cell.ljust(width) for cell, width in zip(row, widths, strict=True))
@@ -174,7 +189,8 @@ def _list(*, as_json: bool) -> int:
 
 def _unlink(name: str) -> int:
     if not _names.unlink(name):
-        raise CliError(f"no semaphore named {name!r} on this host", EXIT_NOT_FOUND_NAME)
+        raise CliError(f"no semaphore or rate limiter named {name!r} on this host",
+                       EXIT_NOT_FOUND_NAME)
     print(f"removed {name}")
     return 0
 

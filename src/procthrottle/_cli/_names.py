@@ -10,7 +10,7 @@ import sys
 from typing import Protocol
 
 from .._exceptions import ProcThrottleError
-from .._kernel._inventory import NamedInfo
+from .._kernel._inventory import NamedInfo, RateInfo
 from .._kernel._semaphore import ProcessSemaphore
 from .._kernel._validate import MAX_LIMIT
 from ._errors import EXIT_FAILED, EXIT_USAGE, CliError
@@ -93,6 +93,24 @@ def list_named() -> list[NamedInfo]:
     from .._kernel import _inventory
 
     return _inventory.list_named()
+
+
+def describe_rate(name: str) -> RateInfo | None:
+    """The rate limiter NAME, if there is one (a name is one object of one kind)."""
+    if sys.platform == "win32":  # pragma: no cover
+        return None
+    from .._kernel import _inventory
+
+    return _inventory.rate_info(name)
+
+
+def list_rates() -> list[RateInfo]:
+    """This user's named rate limiters (from the same owner-only registry)."""
+    if sys.platform == "win32":  # pragma: no cover
+        return []
+    from .._kernel import _inventory
+
+    return _inventory.list_rate_limiters()
 
 
 def unlink(name: str) -> bool:
