@@ -6,7 +6,9 @@
 2. crash_safe=False acquire+release vs multiprocessing.Semaphore (target <= 3x);
 3. cross-process handoff: median time from a release in one process to the woken acquire in
    another, vs multiprocessing.Semaphore;
-4. opening an existing named semaphore (median of many opens, each closed untimed) vs opening
+4. the same pair against the other floors, for the picture: threading.Semaphore (in-process)
+   and, when installed, a bare posix_ipc.Semaphore;
+5. opening an existing named semaphore (median of many opens, each closed untimed) vs opening
    the same kind of object with the bare bindings: sysv_ipc.Semaphore(key) and, when installed,
    posix_ipc.Semaphore(name) (`pip install posix_ipc`; the row is skipped otherwise).
 """
@@ -17,6 +19,7 @@ import argparse
 import multiprocessing
 import os
 import statistics
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -59,6 +62,31 @@ def open_p50(open_: Callable[[], Any], close: Callable[[Any], None], n: int) -> 
         samples.append(time.perf_counter() - start)
         close(handle)
     return statistics.median(samples)
+
+
+def floor_rows(safe: Any, fast: Any, n: int) -> list[str]:
+    """Both kernels' pair against threading.Semaphore and a bare posix_ipc semaphore."""
+    t_safe, t_fast = per_call(pair_loop(safe), n), per_call(pair_loop(fast), n)
+    t_thread = per_call(pair_loop(threading.Semaphore(1)), n)
+    rows = [
+        row("acquire+release, crash_safe=True vs threading.Semaphore (in-process)",
+            t_safe * 1e9, t_thread * 1e9, "ns", "reported"),
+        row("acquire+release, crash_safe=False vs threading.Semaphore (in-process)",
+            t_fast * 1e9, t_thread * 1e9, "ns", "reported"),
+    ]
+    try:
+        import posix_ipc
+    except ImportError:
+        return rows
+    bare = posix_ipc.Semaphore(None, posix_ipc.O_CREX, 0o600, 1)
+    try:
+        t_posix = per_call(pair_loop(bare), n)
+    finally:
+        bare.unlink()
+        bare.close()
+    rows.append(row("acquire+release, crash_safe=False vs bare posix_ipc.Semaphore",
+                    t_fast * 1e9, t_posix * 1e9, "ns", "reported"))
+    return rows
 
 
 def open_rows(n: int) -> list[str]:
@@ -125,6 +153,8 @@ def main() -> None:
               lat_safe * 1e6, lat_mp * 1e6, "µs", "lower is better"))
     print(row("cross-process handoff p50, crash_safe=False vs multiprocessing.Semaphore",
               lat_fast * 1e6, lat_mp * 1e6, "µs", "lower is better"))
+    for line in floor_rows(safe, fast, n):
+        print(line)
     safe.close()
     fast.close()
     for line in open_rows(200 if args.quick else 5_000):
