@@ -74,6 +74,24 @@ async def fan_out(sem: Any, tasks: int) -> tuple[float, int]:
     return time.perf_counter() - start, peak_threads
 
 
+def aiometer_time(repeats: int, tasks: int) -> float | None:
+    """Best wall time of aiometer's ``run_all(max_at_once=4)`` over the same tasks."""
+    try:
+        import aiometer
+    except ImportError:
+        return None
+
+    async def one() -> None:
+        await asyncio.sleep(0)
+
+    async def run() -> float:
+        start = time.perf_counter()
+        await aiometer.run_all([one for _ in range(tasks)], max_at_once=4)
+        return time.perf_counter() - start
+
+    return min(asyncio.run(run()) for _ in range(repeats))
+
+
 def interleaved(repeats: int, tasks: int, **makers: Any) -> dict[str, float]:
     """Best wall time of each contender, run in turn so that noise hits them alike."""
     best = dict.fromkeys(makers, float("inf"))
@@ -291,6 +309,7 @@ def main() -> None:
     )
     t_ours, t_ours_safe, t_asyncio = best["fast"], best["safe"], best["asyncio"]
     t_naive = interleaved(1, tasks, naive=lambda: NaiveAdapter(safe4))["naive"]
+    t_aiometer = aiometer_time(5, tasks)
     on_trio = interleaved_trio(
         5, tasks, safe=lambda: AsyncSemaphore(safe4), trio=lambda: _trio_semaphore(4)
     )
@@ -322,6 +341,9 @@ def main() -> None:
               t_ours_safe * 1e3, best["anyio"] * 1e3, "ms", "-"))
     print(row(f"{tasks} tasks limit 4 on trio, crash_safe=True vs trio.Semaphore",
               on_trio["safe"] * 1e3, on_trio["trio"] * 1e3, "ms", "-"))
+    if t_aiometer is not None:
+        print(row(f"{tasks} tasks limit 4, crash_safe=True vs aiometer max_at_once=4 "
+                  "(in-process)", t_ours_safe * 1e3, t_aiometer * 1e3, "ms", "-"))
     print(row(f"{tasks} tasks limit 4, crash_safe=True vs naive to_thread adapter",
               t_ours_safe * 1e3, t_naive * 1e3, "ms", "lower is better"))
     print(f"| cross-process handoff to an awaiting task, p50 / p99 | "

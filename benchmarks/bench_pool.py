@@ -134,10 +134,25 @@ def aiomultiprocess_rate(tasks: int) -> float | None:
     return asyncio.run(main())
 
 
+def mpire_rate(tasks: int) -> float | None:
+    try:
+        import mpire
+    except ImportError:
+        return None
+    with mpire.WorkerPool(n_jobs=2) as pool:
+        pool.apply_async(noop, (0,)).get()
+        start = time.perf_counter()
+        results = [pool.apply_async(noop, (i,)) for i in range(tasks)]
+        for result in results:
+            result.get()
+        return tasks / (time.perf_counter() - start)
+
+
 PEERS = {
     "pebble": "pebble ProcessPool.schedule",
     "loky": "loky reusable executor",
     "aiomultiprocess": "aiomultiprocess Pool.apply",
+    "mpire": "mpire WorkerPool.apply_async",
 }
 
 
@@ -156,6 +171,8 @@ def peer_rate(peer: str, tasks: int) -> float | None:
             return throughput(lambda: _Reusable(loky.get_reusable_executor(2)), tasks)
     except ImportError:
         return None
+    if peer == "mpire":
+        return mpire_rate(tasks)
     return aiomultiprocess_rate(tasks)
 
 
