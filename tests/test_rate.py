@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import math
 import pickle
 import signal
@@ -117,9 +116,11 @@ def test_burst_then_rate() -> None:
     for _ in range(10):
         assert limiter.acquire(timeout=1)
         times.append(time.monotonic())
-    gaps = [b - a for a, b in itertools.pairwise(times)]
-    assert min(gaps) > 0.045  # one every 50 ms
-    assert times[-1] - start == pytest.approx(0.5, abs=0.1)
+    # one every 50 ms after the burst: the k-th is never before start + (k+1) * 50 ms (a late
+    # wake-up on a loaded machine is no violation, an early one is)
+    for k, stamp in enumerate(times):
+        assert stamp - start >= (k + 1) * 0.05 - 0.002, (k, stamp - start)
+    assert times[-1] - start < 1.5  # and it does not stall
     limiter.close()
 
 
@@ -288,18 +289,25 @@ async def test_async_burst_rate_and_timeout() -> None:
 
 @pytest.mark.anyio
 async def test_async_fifo_within_a_process() -> None:
+    """Task i gets the i-th slot: it never wakes before start + i * 5 ms.
+
+    (The order in which the sleepers wake is not the test: trio runs timers that expired in the
+    same batch in random order, and a loaded machine batches many.)"""
     alimiter = AsyncRateLimiter(RateLimiter(200, burst=1))
-    order: list[int] = []
+    woke: dict[int, float] = {}
 
     async def task(i: int) -> None:
         await alimiter.acquire()
-        order.append(i)
+        woke[i] = time.monotonic()
 
+    start = time.monotonic()
     async with anyio.create_task_group() as tg:
         for i in range(30):
             tg.start_soon(task, i)
             await anyio.sleep(0)  # started in this order
-    assert order == list(range(30))
+    assert sorted(woke) == list(range(30))
+    for i, stamp in woke.items():
+        assert stamp - start >= i * 0.005 - 0.001, (i, stamp - start)
     alimiter.limiter.close()
 
 

@@ -22,7 +22,7 @@ def test_soak_ten_seconds_keeps_every_invariant(tmp_path: Path) -> None:
     )
     assert summary_path.exists(), out.stderr[-3000:]
     summary = json.loads(summary_path.read_text())
-    assert summary["problems"] == [], summary
+    assert summary["problems"] == [], (summary, out.stderr[-4000:])
     assert out.returncode == 0, out.stderr[-3000:]
     # the chaos really happened, and the checks had something to check
     assert summary["holds"] > 200
