@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import itertools
+import sys
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -10,6 +12,14 @@ from concurrent.futures import Future
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+
+if sys.version_info >= (3, 11):  # one class
+    MapTimeout = TimeoutError
+else:  # pragma: no cover - Python 3.10
+
+    class MapTimeout(concurrent.futures.TimeoutError, TimeoutError):
+        """map()'s timeout: caught by ``except TimeoutError`` as by ``except
+        concurrent.futures.TimeoutError`` (two classes before Python 3.11)."""
 
 
 class Pending:
@@ -71,6 +81,10 @@ def _result_or_cancel(future: Future[Any] | None, timeout: float | None) -> Any:
     assert future is not None
     try:
         return future.result(timeout)
+    except concurrent.futures.TimeoutError as exc:
+        if isinstance(exc, TimeoutError):
+            raise
+        raise MapTimeout(*exc.args) from None  # pragma: no cover - Python 3.10
     finally:
         future.cancel()
 
