@@ -158,7 +158,7 @@ class Soak:
         self.starts = str(workdir / "starts.log")
         self.rng = random.Random(int(self.run, 16))
         self.kills: Counter[str] = Counter()
-        self.kill_times: dict[int, float] = {}
+        self.kill_times: dict[int, list[float]] = {}  # pid -> when we sent it SIGKILL
         self.pids: set[int] = {os.getpid()}  # every process of the run we know of
         self.deaths: list[str] = []  # participants that died without being killed
         self.ctx = __import__("multiprocessing").get_context("spawn")
@@ -170,9 +170,15 @@ class Soak:
         return process
 
     def kill(self, pid: int, what: str) -> None:
+        """SIGKILL ``pid``; the first kill after a hold's start ends that hold (see _intervals).
+
+        Every kill is recorded, with its time: a pid can be killed again when it is already
+        dead (not reaped yet), or reused by a new process over a long run.
+        """
+        stamp = time.monotonic()
         with contextlib.suppress(ProcessLookupError):
-            self.kill_times[pid] = time.monotonic()
             os.kill(pid, signal.SIGKILL)
+            self.kill_times.setdefault(pid, []).append(stamp)
             self.kills[what] += 1
 
     def go(self) -> dict[str, Any]:
@@ -266,6 +272,7 @@ class Soak:
         except FileNotFoundError:
             return None
         pids = [int(row[1]) for row in map(str.split, lines) if len(row) == 2]
+        pids = [pid for pid in pids if pid not in self.kill_times]
         return self.rng.choice(pids) if pids else None
 
     def check(self, sem: ProcessSemaphore, futures: dict[int, Future[Any]],
@@ -321,7 +328,7 @@ class Soak:
 Interval = tuple[float, float, str]  # start, end, "kind pid"
 
 
-def _intervals(log: Path, kill_times: dict[int, float]) -> list[Interval]:
+def _intervals(log: Path, kill_times: dict[int, list[float]]) -> list[Interval]:
     open_: dict[tuple[str, int], float] = {}
     done: list[Interval] = []
     for line in log.read_text().splitlines():
@@ -332,7 +339,8 @@ def _intervals(log: Path, kill_times: dict[int, float]) -> list[Interval]:
         elif key in open_:
             done.append((open_.pop(key), float(stamp), f"{kind} {pid}"))
     for (kind, pid), start in open_.items():  # killed while holding: held until the kill
-        done.append((start, max(start, kill_times.get(pid, start)), f"{kind} {pid} (killed)"))
+        end = min((t for t in kill_times.get(pid, ()) if t >= start), default=start)
+        done.append((start, end, f"{kind} {pid} (killed)"))
     return done
 
 
