@@ -51,6 +51,7 @@ class Engine(Traffic, Lifecycle):
         max_tasks: int | None,
         rate: Any,
     ) -> None:
+        self.pid = os.getpid()
         self.size = workers
         self.semaphore, self.owns_semaphore = semaphore, owns_semaphore
         self.section_mode = section_mode
@@ -83,6 +84,9 @@ class Engine(Traffic, Lifecycle):
         self.sleeping = False
         self.finished = threading.Event()
         self.selector = selectors.DefaultSelector()
+        # Guards wake_w: once _close() closed it, its number may be any new descriptor of this
+        # process -- another pool's task pipe among them -- so nobody may write to it any more.
+        self.wake_lock = threading.Lock()
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_r, False)
         os.set_blocking(self.wake_w, False)
@@ -95,7 +99,6 @@ class Engine(Traffic, Lifecycle):
             self._stop_workers(kill=True)
             self._close()
             raise
-        self.pid = os.getpid()
         register(self)
         self.thread.start()
 
@@ -181,13 +184,19 @@ class Engine(Traffic, Lifecycle):
 
     def request_stop(self) -> None:
         """The pool object is gone, or the interpreter is exiting: finish the queue, stop."""
+        if os.getpid() != self.pid:  # a forked child's copy: the pool is not its to stop
+            return
         with self.lock:
             self.closing = True
         self._wake()
 
     def _wake(self) -> None:
-        with contextlib.suppress(BlockingIOError, OSError):
-            os.write(self.wake_w, b"\0")
+        """Wake the manager thread -- never once it closed the wake-up pipe (see ``_close``)."""
+        with self.wake_lock:
+            if self.wake_w < 0 or os.getpid() != self.pid:
+                return
+            with contextlib.suppress(BlockingIOError, OSError):
+                os.write(self.wake_w, b"\0")
 
     def _run(self) -> None:
         try:

@@ -190,7 +190,7 @@ class Lifecycle(EngineState):
         worker.out_bytes = 0
         worker.task_conn.close()
         worker.result_conn.close()
-        worker.result_fd = -1
+        worker.task_fd = worker.result_fd = -1  # their numbers are free for new descriptors
         if worker in self.workers:
             self.workers.remove(worker)
 
@@ -213,9 +213,14 @@ class Lifecycle(EngineState):
         _live.discard(self)
         with contextlib.suppress(OSError):
             self.selector.close()
-        for fd in (self.wake_r, self.wake_w):
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        # A late _wake() (shutdown() again, the pool's finalizer) must not write its byte into
+        # whatever descriptor reuses the number next -- e.g. another pool's task pipe, where one
+        # stray zero byte turns the next frame's length into 0 and the stream is out of step.
+        with self.wake_lock:
+            for fd in (self.wake_r, self.wake_w):
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            self.wake_r = self.wake_w = -1
         if self.owns_semaphore:
             with contextlib.suppress(Exception):
                 self.semaphore.close()

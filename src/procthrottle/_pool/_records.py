@@ -17,7 +17,7 @@ from typing import Any
 from .._kernel._semaphore import ProcessSemaphore
 from . import _wire
 from ._futures import TaskFuture
-from ._worker import CLAIMED
+from ._worker import CLAIMED, EXIT_BAD_FRAME
 
 logger = logging.getLogger("procthrottle")
 logger.addHandler(logging.NullHandler())
@@ -94,6 +94,11 @@ class Worker:
 def describe_exit(code: int | None) -> str:
     if code is None:
         return "died of an unknown cause"
+    if code == EXIT_BAD_FRAME:
+        return (
+            f"exited with code {code}: it received a malformed task frame (a procthrottle bug: "
+            "please report it)"
+        )
     if code < 0:
         try:
             return f"was killed by {signal.Signals(-code).name}"
@@ -139,6 +144,7 @@ class EngineState:
     sleeping: bool
     finished: threading.Event
     selector: selectors.BaseSelector
+    wake_lock: threading.Lock
     wake_r: int
     wake_w: int
     thread: threading.Thread

@@ -269,6 +269,16 @@ class Traffic(EngineState):
         done = failed = freed = 0
         seconds = 0.0
         for body in frames:
+            if len(body) < _wire.RESULT.size:  # out of step: trust nothing more from it
+                logger.error(
+                    "procthrottle: worker process %d sent a malformed result frame (%d bytes); "
+                    "killing it (a new one replaces it; please report this as a bug)",
+                    worker.pid,
+                    len(body),
+                )
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(worker.pid, signal.SIGKILL)
+                break
             seq, kind, took = unpack(body)
             if kind >= _wire.READY:
                 if kind == _wire.READY:

@@ -27,6 +27,21 @@ OK, ERROR, READY, INIT_FAILED = range(4)
 PROTOCOL = pickle.HIGHEST_PROTOCOL
 
 
+class BadFrame(ValueError):
+    """A frame too short for its header: the byte stream is out of step (a bug, never data)."""
+
+
+def task_seq(body: bytes) -> int:
+    """The ``seq`` of a task frame; raises `BadFrame` if the frame cannot hold one."""
+    if len(body) < TASK.size:
+        raise BadFrame(
+            f"procthrottle: a worker received a malformed task frame ({len(body)} bytes, at "
+            f"least {TASK.size} expected): its task stream is out of step; the worker exits "
+            "and the pool replaces it (please report this as a bug)"
+        )
+    return int(TASK.unpack_from(body)[0])
+
+
 def frame(body: bytes) -> bytes:
     return LENGTH.pack(len(body)) + body
 

@@ -29,6 +29,8 @@ CLAIMED, STARTED_NS, RING = 0, 1, 2
 RING_SIZE = 1024
 #: Exit code of a spawned worker whose parent created the pool while importing the main module.
 EXIT_NO_MAIN_GUARD = 87
+#: Exit code of a worker that received a malformed task frame (its task stream is out of step).
+EXIT_BAD_FRAME = 86
 
 
 class WorkerBoot:
@@ -130,8 +132,12 @@ def call_chunk_single(fn: Callable[..., Any], chunk: list[Any]) -> list[Any]:
 
 def main(boot: WorkerBoot) -> None:
     """A worker's life: initializer, then tasks until STOP, EOF, or ``max_tasks``."""
-    with suppress(BrokenPipeError):  # the pool is gone or broken: nobody wants results
-        _serve(boot)
+    try:
+        with suppress(BrokenPipeError):  # the pool is gone or broken: nobody wants results
+            _serve(boot)
+    except _wire.BadFrame as exc:  # nothing after it can be trusted: leave, and say why
+        print(exc, file=sys.stderr, flush=True)
+        sys.exit(EXIT_BAD_FRAME)
 
 
 def _serve(boot: WorkerBoot) -> None:
@@ -168,7 +174,7 @@ def _serve(boot: WorkerBoot) -> None:
                     return
                 continue
             body = queue.popleft()
-            (seq,) = _wire.TASK.unpack_from(body)
+            seq = _wire.task_seq(body)
             if seq == _wire.STOP:
                 return
             if shared[RING + seq % RING_SIZE] == seq:  # revoked already: skip the gates
@@ -212,7 +218,7 @@ def _serve(boot: WorkerBoot) -> None:
 
 
 def _revoked(shared: Any, body: bytes) -> bool:
-    (seq,) = _wire.TASK.unpack_from(body)
+    seq = _wire.task_seq(body)
     return seq != _wire.STOP and bool(shared[RING + seq % RING_SIZE] == seq)
 
 
