@@ -58,7 +58,11 @@ def machine() -> str:
             f"{platform.python_implementation()} {platform.python_version()}")
 
 
-def run_script(script: Path, quick: bool, curves: Path | None) -> list[list[str]]:
+Table = tuple[list[str], list[list[str]]]  # header cells, rows of cells
+
+
+def run_script(script: Path, quick: bool, curves: Path | None) -> list[Table]:
+    """The markdown tables the script printed, each with its own header."""
     command = [sys.executable, script.name] + (["--quick"] if quick else [])
     if curves is not None:
         command += ["--json", str(curves)]
@@ -66,23 +70,40 @@ def run_script(script: Path, quick: bool, curves: Path | None) -> list[list[str]
     out = subprocess.run(command, cwd=HERE, capture_output=True, text=True, check=False)
     if out.returncode != 0:
         sys.exit(f"{script.name} failed (exit {out.returncode}):\n{out.stderr[-4000:]}")
-    rows = [[cell.strip() for cell in line.strip().strip("|").split("|")]
-            for line in out.stdout.splitlines() if line.startswith("| ")]
-    return [row for row in rows if row[0] != "measure" and not set(row[0]) <= set("-")]
+    lines = [line.strip() for line in out.stdout.splitlines()]
+    tables: list[Table] = []
+    for i, line in enumerate(lines):
+        if not line.startswith("| "):
+            continue
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        if i + 1 < len(lines) and lines[i + 1].startswith("|--"):
+            tables.append((cells, []))  # a header: a new table starts
+        elif set(cells[0]) <= set("-:"):
+            continue  # the separator under a header
+        elif tables:
+            tables[-1][1].append(cells)
+    return tables
 
 
-def median_rows(runs: list[list[list[str]]]) -> list[list[str]]:
-    """The run whose ratio is the median, row by row (rows are matched by their measure)."""
-    merged = []
-    for row in runs[0]:
-        same = [r for run in runs for r in run if r[0] == row[0]]
-        ratios = [(float(m.group(1)), r) for r in same
-                  if len(r) > 3 and (m := RATIO.match(r[3]))]
-        if len(ratios) == len(same) and ratios:
-            ratios.sort(key=lambda pair: pair[0])
-            merged.append(ratios[len(ratios) // 2][1])
-        else:
-            merged.append(same[len(same) // 2])
+def median_tables(runs: list[list[Table]]) -> list[Table]:
+    """Row by row (matched by position), the run whose ratio is the median; rows without a
+    ratio come from the middle run."""
+    merged: list[Table] = []
+    for t, (header, rows) in enumerate(runs[0]):
+        ratio_at = header.index("ratio") if "ratio" in header else None
+        out_rows = []
+        for r in range(len(rows)):
+            same = [run[t][1][r] for run in runs if t < len(run) and r < len(run[t][1])]
+            ratios = [] if ratio_at is None else [
+                (float(m.group(1)), row) for row in same
+                if len(row) > ratio_at and (m := RATIO.match(row[ratio_at]))
+            ]
+            if ratios and len(ratios) == len(same):
+                ratios.sort(key=lambda pair: pair[0])
+                out_rows.append(ratios[len(ratios) // 2][1])
+            else:
+                out_rows.append(same[len(same) // 2])
+        merged.append((header, out_rows))
     return merged
 
 
@@ -184,16 +205,20 @@ def main() -> None:
         for script in scripts:
             json_path = Path(tmp) / "curves.json" if script.name == "bench_scaling.py" else None
             runs = [run_script(script, args.quick, json_path) for _ in range(repeats)]
-            rows = median_rows(runs)
+            tables = median_tables(runs)
             if json_path is not None and json_path.exists():
                 curves = json.loads(json_path.read_text())
             title = script.stem.removeprefix("bench_")
-            lines += [f"### `{script.name}`", "",
-                      "| measure | procthrottle | baseline | ratio | target |",
-                      "|---|---|---|---|---|"]
-            lines += ["| " + " | ".join(row) + " |" for row in rows]
+            lines += [f"### `{script.name}`"]
+            ratio_rows: list[list[str]] = []
+            for header, rows in tables:
+                lines += ["", "| " + " | ".join(header) + " |",
+                          "|" + "---|" * len(header)]
+                lines += ["| " + " | ".join(row) + " |" for row in rows]
+                if header[:4] == ["measure", "procthrottle", "baseline", "ratio"]:
+                    ratio_rows += rows
             if HAVE_MATPLOTLIB and plot_ratios(f"{script.name}: ratios against baselines",
-                                               rows, img / f"bench-{title}.png"):
+                                               ratio_rows, img / f"bench-{title}.png"):
                 lines += ["", f"![{title} ratios](img/bench-{title}.png)"]
             lines.append("")
     if curves and HAVE_MATPLOTLIB:
