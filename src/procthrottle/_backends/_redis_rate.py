@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
-from types import TracebackType
 from typing import Any, NoReturn
 
 import anyio
@@ -21,11 +20,10 @@ import redis.asyncio
 import sniffio
 
 from .._exceptions import SemaphoreClosedError
-from .._kernel._validate import check_name, check_timeout
+from .._kernel._validate import check_name
 from .._rate._async import AsyncRateLimiter
-from .._rate._limiter import Reservation
+from .._rate._base import RateLimits, Reservation, max_wait_ns
 from .._rate._parse import check_burst, check_extra, check_n, describe, rate_pair
-from .._typing import Self
 from ._redis import _CLIENT_PARAMETERS, RedisUnavailableError, _describe, redact
 
 # KEYS: the hash. ARGV: config, burst, n, max_wait_us (-1: any), intervals_us...
@@ -80,7 +78,7 @@ def _intervals_us(pairs: Sequence[tuple[float, float]], burst: int) -> list[int]
     return result
 
 
-class RedisRateLimiter:
+class RedisRateLimiter(RateLimits):
     """A `RateLimiter` whose state lives in Redis: one rate for every process on any machine.
 
     Same interface as `RateLimiter`. Each acquisition runs one Lua script on the server's
@@ -213,49 +211,8 @@ class RedisRateLimiter:
             SemaphoreClosedError: The limiter was closed.
         """
         n = self._check_n(n)
-        if not block:
-            max_wait: int | None = 0
-        else:
-            seconds = check_timeout(timeout)
-            forever = seconds is None or seconds == math.inf
-            max_wait = None if forever else max(0, int(seconds * 1e9))  # type: ignore[operator]
-        reservation = self._reserve(n, max_wait)
-        if reservation is None:
-            return False
-        try:
-            while (delay := reservation[0] - time.monotonic_ns()) > 0:
-                time.sleep(delay / 1e9)
-        except BaseException:
-            self._give_back(reservation)
-            raise
-        return True
-
-    def __enter__(self) -> Self:
-        self.acquire()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        pass
-
-    @property
-    def rate(self) -> float:
-        """How many acquisitions per `per` seconds (the first rate)."""
-        return self._pairs[0][0]
-
-    @property
-    def per(self) -> float:
-        """The period of `rate`, in seconds."""
-        return self._pairs[0][1]
-
-    @property
-    def burst(self) -> int:
-        """How many acquisitions may be admitted at once."""
-        return self._burst
+        reservation = self._reserve(n, max_wait_ns(block, timeout))
+        return reservation is not None and self._sleep_until(reservation)
 
     @property
     def name(self) -> str:

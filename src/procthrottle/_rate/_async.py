@@ -12,7 +12,8 @@ import sniffio
 
 from .._kernel._validate import check_timeout
 from .._typing import Self
-from ._limiter import RateLimiter, Reservation, _monotonic_ns
+from ._base import Reservation
+from ._limiter import RateLimiter, _monotonic_ns
 
 #: A waiter whose slot is at most this far ahead lets the next waiter of its loop reserve at
 #: once, so that a process keeps this much of its queue in the shared order (a process stalled

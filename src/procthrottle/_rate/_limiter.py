@@ -7,12 +7,10 @@ import time
 import weakref
 from collections.abc import Sequence
 from multiprocessing.util import Finalize
-from types import TracebackType
 from typing import Any
 
 from .._exceptions import SemaphoreClosedError
-from .._kernel._validate import DEFAULT_MODE, check_mode, check_name, check_timeout
-from .._typing import Self
+from .._kernel._validate import DEFAULT_MODE, check_mode, check_name
 
 try:
     from . import _store as shared
@@ -23,12 +21,12 @@ except (ImportError, OSError, TypeError, AttributeError) as exc:  # pragma: no c
         "RateLimiter needs System V semaphores (Linux, macOS), which this platform lacks "
         f"({type(exc).__name__}: {exc}); use procthrottle.redis.RedisRateLimiter instead"
     )
+from ._base import RateLimits, Reservation, max_wait_ns
 from ._gcra import reserve
 from ._parse import check_burst, check_extra, check_n, describe, intervals_ns, rate_pair
 
 _monotonic_ns = time.monotonic_ns
 #: A reservation: ``(slot, tats_before, tats_after)``, all in monotonic nanoseconds.
-Reservation = tuple[int, list[int], list[int]]
 
 _live: weakref.WeakSet[RateLimiter] = weakref.WeakSet()
 _anonymous: weakref.WeakValueDictionary[int, RateLimiter] = weakref.WeakValueDictionary()
@@ -45,7 +43,7 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-class RateLimiter:
+class RateLimiter(RateLimits):
     """At most `rate` acquisitions per `per` seconds, shared by processes.
 
     The limit holds for every process using the limiter: children it was passed to (under
@@ -278,18 +276,13 @@ class RateLimiter:
             SemaphoreClosedError: The limiter was closed, or unlinked from the host.
         """
         n = self._check_n(n)
-        if not block:
-            max_wait: int | None = 0
-        elif timeout is None:
-            max_wait = None
-        else:
-            seconds = check_timeout(timeout)
-            assert seconds is not None
-            max_wait = None if seconds == float("inf") else max(0, int(seconds * 1e9))
+        max_wait = max_wait_ns(block, timeout)
         if self._closed is not None:
             raise SemaphoreClosedError(self._closed)
         if self._take_now(n):
             return True
+        reservation = self._reserve(n, max_wait)
+        return reservation is not None and self._sleep_until(reservation)
         reservation = self._reserve(n, max_wait)
         if reservation is None:
             return False
@@ -302,42 +295,10 @@ class RateLimiter:
             raise
         return True
 
-    def __enter__(self) -> Self:
-        self.acquire()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        pass
-
-    @property
-    def rate(self) -> float:
-        """How many acquisitions per `per` seconds (the first rate)."""
-        return self._pairs[0][0]
-
-    @property
-    def per(self) -> float:
-        """The period of `rate`, in seconds."""
-        return self._pairs[0][1]
-
-    @property
-    def burst(self) -> int:
-        """How many acquisitions may be admitted at once."""
-        return self._burst
-
     @property
     def name(self) -> str | None:
         """The host-wide name, or None for an anonymous limiter."""
         return self._name
-
-    @property
-    def extra(self) -> tuple[tuple[float, float], ...]:
-        """The other `(rate, per)` pairs enforced together with the first."""
-        return tuple(self._pairs[1:])
 
     def close(self) -> None:
         """Drop this process's handle (an anonymous limiter goes with its last handle)."""
