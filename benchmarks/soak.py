@@ -101,7 +101,7 @@ def async_holder(name: str, limit: int, log: str, seed: int) -> None:
             for task in rng.sample(tasks, len(tasks) // 3):
                 asyncio.get_running_loop().call_later(rng.uniform(0, 0.02), task.cancel)
             for task in tasks:
-                with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                with contextlib.suppress(asyncio.CancelledError, asyncio.TimeoutError):
                     await asyncio.wait_for(task, timeout=rng.choice([0.005, 0.05, 1.0]))
 
     asyncio.run(main())
