@@ -196,6 +196,11 @@ class Soak:
         cli: list[subprocess.Popen[bytes]] = []
         try:
             self.chaos(sem, holders, cyclers, cli, futures)
+        except BaseException:  # the run itself failed: leave no named object behind
+            for name in (self.name, self.cycled):
+                with contextlib.suppress(Exception):
+                    ProcessSemaphore.open(name).unlink()
+            raise
         finally:
             for process in holders + cyclers:
                 self.kill(process.pid, "at the end")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import random
@@ -205,6 +206,8 @@ def _squat(name: str) -> None:
 @pytest.mark.timeout(60)
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another user")
 def test_never_attaches_to_another_users_limiter(named: str) -> None:
+    registry = Path("/dev/shm/procthrottle-65534")  # nobody's name registry
+    had_registry = registry.exists()
     child = multiprocessing.get_context("fork").Process(target=_squat, args=(named,))
     child.start()
     child.join(10)
@@ -220,3 +223,7 @@ def test_never_attaches_to_another_users_limiter(named: str) -> None:
         assert _store.find_named(named) is None
     finally:
         _libc.remove(theirs)
+        (registry / f"{named}.rate").unlink(missing_ok=True)  # what the squatter registered
+        if not had_registry:
+            with contextlib.suppress(OSError):
+                registry.rmdir()
