@@ -28,7 +28,14 @@ HEADER = "| measure | procthrottle | baseline | ratio | target |\n|---|---|---|-
 
 
 def handoff_latency(sem: Any, child: Callable[..., None], trials: int, settle: float) -> float:
-    """Median seconds from a release in this process to the acquire it wakes in ``child``.
+    """Median seconds from a release in this process to the acquire it wakes in ``child``."""
+    return statistics.median(handoff_latencies(sem, child, trials, settle))
+
+
+def handoff_latencies(
+    sem: Any, child: Callable[..., None], trials: int, settle: float
+) -> list[float]:
+    """Seconds from a release in this process to the acquire it wakes in ``child``, sorted.
 
     Each trial: we hold the permit, ``child(sem, (go, ready, done), stamps, trials)`` starts
     waiting for it, we wait ``settle`` seconds so it is surely blocked, stamp and release;
@@ -51,4 +58,4 @@ def handoff_latency(sem: Any, child: Callable[..., None], trials: int, settle: f
         done.wait()
         done.clear()
     process.join()
-    return statistics.median(s - r for s, r in zip(stamps, released, strict=True))
+    return sorted(s - r for s, r in zip(stamps, released, strict=True))

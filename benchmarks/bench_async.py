@@ -27,7 +27,7 @@ from typing import Any
 
 import anyio
 import anyio.to_thread
-from _common import HEADER, row
+from _common import HEADER, handoff_latencies, row
 
 from procthrottle import AsyncSemaphore, ProcessSemaphore
 
@@ -197,28 +197,6 @@ def _trio_semaphore(limit: int) -> Any:
     return trio.Semaphore(limit)
 
 
-def handoff_latencies(sem: ProcessSemaphore, trials: int, settle: float) -> list[float]:
-    """Seconds from a release in this process to the awaiting task it wakes in a child."""
-    ctx = multiprocessing.get_context("fork")
-    go, ready, done = events = ctx.Event(), ctx.Event(), ctx.Event()
-    stamps = ctx.Array("d", trials, lock=False)
-    released = []
-    process = ctx.Process(target=_awaiting_child, args=(sem, events, stamps, trials))
-    process.start()
-    for _ in range(trials):
-        sem.acquire()
-        go.set()
-        ready.wait()
-        ready.clear()
-        time.sleep(settle)  # the child's task now waits in the kernel, through its thread
-        released.append(time.monotonic())
-        sem.release()
-        done.wait()
-        done.clear()
-    process.join()
-    return sorted(s - r for s, r in zip(stamps, released, strict=True))
-
-
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -314,7 +292,7 @@ def main() -> None:
         5, tasks, safe=lambda: AsyncSemaphore(safe4), trio=lambda: _trio_semaphore(4)
     )
 
-    lat = handoff_latencies(ProcessSemaphore(1), trials, settle=0.005)
+    lat = handoff_latencies(ProcessSemaphore(1), _awaiting_child, trials, settle=0.005)
     cpu = waiting_cpu(idle)
 
     wall_big, threads_big = asyncio.run(fan_out(AsyncSemaphore(ProcessSemaphore(4)), big))
