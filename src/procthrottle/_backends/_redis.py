@@ -29,6 +29,15 @@ log = logging.getLogger("procthrottle.redis")
 
 MAX_LIMIT = 2**31 - 1
 _CLIENT_PARAMETERS = frozenset(inspect.signature(redis.Redis.__init__).parameters) - {"self"}
+
+
+def client_settings(client: redis.Redis) -> dict[str, Any]:
+    """The plain settings of the client's connections that ``Redis()`` takes (to rebuild it in
+    another process, or as an asyncio client): no sockets, no callables, nothing pickled."""
+    return {
+        k: v for k, v in client.connection_pool.connection_kwargs.items()
+        if k in _CLIENT_PARAMETERS and isinstance(v, str | int | float | bool)
+    }  # fmt: skip
 #: A blocked acquire polls Redis with a backoff that grows to this many seconds.
 MAX_POLL = 0.05
 
@@ -246,12 +255,8 @@ class RedisSemaphore(_HoldsPermits):
             raise SemaphoreClosedError("cannot pickle a closed semaphore")
         if self._url is not None:
             where: Any = self._url
-        else:  # the plain settings of the client's connections that Redis() takes
-            kwargs = self._client.connection_pool.connection_kwargs
-            where = {
-                k: v for k, v in kwargs.items()
-                if k in _CLIENT_PARAMETERS and isinstance(v, str | int | float | bool)
-            }
+        else:
+            where = client_settings(self._client)
         return (_rebuild, (where, self._name, self._limit, self._lease))
 
     # -- internals ---------------------------------------------------------------------------

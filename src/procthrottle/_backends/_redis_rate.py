@@ -24,7 +24,7 @@ from .._kernel._validate import check_name
 from .._rate._async import AsyncRateLimiter
 from .._rate._base import RateLimits, Reservation, max_wait_ns
 from .._rate._parse import check_burst, check_extra, check_n, describe, rate_pair
-from ._redis import _CLIENT_PARAMETERS, RedisUnavailableError, _describe, redact
+from ._redis import RedisUnavailableError, _describe, client_settings, redact
 
 # KEYS: the hash. ARGV: config, burst, n, max_wait_us (-1: any), intervals_us...
 # Returns {1, wait_us, old..., new...} when reserved, {0, wait_us} when refused,
@@ -248,11 +248,7 @@ class RedisRateLimiter(RateLimits):
         if self._url is not None:
             where: Any = self._url
         else:
-            kwargs = self._client.connection_pool.connection_kwargs
-            where = {
-                k: v for k, v in kwargs.items()
-                if k in _CLIENT_PARAMETERS and isinstance(v, str | int | float | bool)
-            }  # fmt: skip
+            where = client_settings(self._client)
         return (_rebuild, (where, self._name, self._pairs, self._burst))
 
     def _unavailable(self, exc: BaseException) -> NoReturn:
@@ -330,12 +326,7 @@ class AsyncRedisRateLimiter(AsyncRateLimiter):
         loop = asyncio.get_running_loop()
         scripts = self._aclients.get(loop)
         if scripts is None:
-            sync = self._redis._client
-            kwargs: dict[str, Any] = {
-                k: v for k, v in sync.connection_pool.connection_kwargs.items()
-                if k in _CLIENT_PARAMETERS and isinstance(v, str | int | float | bool)
-            }  # fmt: skip
-            client = redis.asyncio.Redis(**kwargs)
+            client = redis.asyncio.Redis(**client_settings(self._redis._client))
             scripts = (client, client.register_script(_RESERVE), client.register_script(_GIVE_BACK))
             self._aclients[loop] = scripts
         return scripts[1], scripts[2]
