@@ -45,10 +45,11 @@ def leaked_since(before: Snapshot) -> list[str]:
         if _posix.exists(name):
             found.append(f"POSIX semaphore of name {name!r}")
     me = os.getpid()
+    mine = {i.semid for i in _libc.listing() if i.uid == i.cuid == os.geteuid()}
     for semid in sorted(now.sets - before.sets):
+        if semid not in mine:
+            continue
         try:
-            if _naming.credentials_by_id(semid)[:2] != (os.geteuid(), os.geteuid()):
-                continue
             layout = _naming._layout(semid)
             if layout is None or layout[0] != _naming.ANONYMOUS_TAG:
                 continue

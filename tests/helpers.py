@@ -31,9 +31,28 @@ ISSUED_NAMES: set[str] = set()
 
 
 def sysv_sets() -> set[int]:
-    """Ids of the System V semaphore sets on the host (ours and everybody else's)."""
-    lines = Path("/proc/sysvipc/sem").read_text().splitlines()[1:]
-    return {int(line.split()[1]) for line in lines}
+    """Ids of the procthrottle System V sets on the host: semaphores and rate limiters.
+
+    Other programs' sets come and go while the suite runs, so only sets laid out as ours
+    (a semaphore's nonzero limit, a rate limiter's finished header) are counted.
+    """
+    from procthrottle._kernel import _libc, _naming
+    from procthrottle._rate import _store
+
+    found = set()
+    for info in _libc.listing():
+        try:
+            if info.nsems == _naming.NSEMS:
+                layout = _naming._layout(info.semid)
+                ours = layout is not None and layout[1] > 0
+            else:
+                header = _store.read_header(info.semid)
+                ours = header is not None and not header.half_made
+        except OSError:  # removed meanwhile, or another user's and unreadable
+            continue
+        if ours:
+            found.add(info.semid)
+    return found
 
 
 def unique_name(prefix: str = "pt-test") -> str:

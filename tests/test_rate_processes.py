@@ -8,6 +8,8 @@ import multiprocessing
 import os
 import random
 import signal
+import subprocess
+import textwrap
 import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -16,7 +18,8 @@ from pathlib import Path
 import pytest
 
 import test_rate_tasks as tasks
-from helpers import sysv_sets, unique_name
+from helpers import PYTHON, python_env, sysv_sets, unique_name
+from kernel_attack import run_child
 from procthrottle import RateLimiter
 from procthrottle._rate import _store
 
@@ -211,6 +214,37 @@ def test_forked_child_shares_and_the_last_user_removes_it() -> None:
     assert time.monotonic() - start >= 0.095  # its two slots came after ours
     limiter.close()
     assert sysv_sets() == before
+
+
+KILLED_LAST_USER = """
+    import os, signal
+    from procthrottle import RateLimiter
+    limiter = RateLimiter(10)
+    print(limiter._store.semid, flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+@pytest.mark.timeout(60)
+def test_anonymous_set_of_a_killed_last_user_is_swept() -> None:
+    """Nobody is left to remove the set of a SIGKILLed last user: the next process of the user
+    that makes an anonymous limiter removes it, and leaves the sets in use alone."""
+    live = RateLimiter(10)  # attached by this process: no sweep may take it
+    killed = subprocess.run(
+        [PYTHON, "-c", textwrap.dedent(KILLED_LAST_USER)],
+        env=python_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    left = int(killed.stdout)
+    assert left in sysv_sets()
+    run_child("from procthrottle import RateLimiter\nRateLimiter(10).close()")
+    assert left not in sysv_sets()
+    assert live._store.semid in sysv_sets()
+    assert live.acquire(block=False)
+    live.close()
 
 
 def _squat(name: str) -> None:

@@ -14,6 +14,8 @@ import math
 import os
 import sys
 import time
+from pathlib import Path
+from typing import NamedTuple
 
 IPC_CREAT = 0o1000
 IPC_EXCL = 0o2000
@@ -94,6 +96,35 @@ def create_empty(key: int, nsems: int, mode: int) -> int | None:
             return None
         raise _oserror()
     return int(semid)
+
+
+class SetInfo(NamedTuple):
+    """One line of ``/proc/sysvipc/sem``: a set's id, size, owner, creator, group, mode, age."""
+
+    semid: int
+    nsems: int
+    uid: int
+    cuid: int
+    gid: int
+    mode: int
+    ctime: int
+
+
+def listing() -> list[SetInfo]:
+    """Every System V semaphore set on the host (Linux; empty where ``/proc`` lacks it)."""
+    try:
+        lines = Path("/proc/sysvipc/sem").read_text().splitlines()[1:]
+    except OSError:
+        return []
+    found = []
+    for line in lines:
+        fields = line.split()
+        try:
+            columns = (1, 3, 4, 6, 5, 2, 9)  # perms (2) is octal
+            found.append(SetInfo(*(int(fields[i], 8 if i == 2 else 10) for i in columns)))
+        except (IndexError, ValueError):  # pragma: no cover - another format
+            continue
+    return found
 
 
 def lookup(key: int) -> int | None:

@@ -21,7 +21,6 @@ import os
 import secrets
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import TypeVar
 
 import sysv_ipc
@@ -377,25 +376,17 @@ def sweep_anonymous() -> None:
     if _swept:
         return
     _swept = True
-    try:
-        lines = Path("/proc/sysvipc/sem").read_text().splitlines()[1:]
-    except OSError:
-        return
     me, now = os.geteuid(), time.time()
-    for line in lines:
-        fields = line.split()
-        try:
-            semid, nsems, uid, cuid, ctime = (int(fields[i]) for i in (1, 3, 4, 6, 9))
-        except (IndexError, ValueError):  # pragma: no cover - another format
+    for info in _libc.listing():
+        if info.nsems != NSEMS or info.uid != me or info.cuid != me:
             continue
-        if nsems != NSEMS or uid != me or cuid != me:
-            continue
+        semid = info.semid
         try:
             found = _layout(semid)
             if found is None or found[0] != ANONYMOUS_TAG:
                 continue
             if found[1] == 0:
-                if now - ctime > HALF_MADE_AGE:
+                if now - info.ctime > HALF_MADE_AGE:
                     _libc.remove(semid)
             elif _libc.getval(semid, ATTACH) == 0 and _libc.semop(
                 semid, _libc.ops((ATTACH, 0, _libc.IPC_NOWAIT))
@@ -404,11 +395,3 @@ def sweep_anonymous() -> None:
         except OSError:
             continue
 
-
-def credentials_by_id(semid: int) -> tuple[int, int, int, int]:
-    """``(uid, cuid, gid, mode)`` of the set ``semid`` (Linux: read from /proc)."""
-    for line in Path("/proc/sysvipc/sem").read_text().splitlines()[1:]:
-        fields = line.split()
-        if int(fields[1]) == semid:
-            return int(fields[4]), int(fields[6]), int(fields[5]), int(fields[2], 8)
-    raise OSError(errno.EIDRM, f"no System V set {semid}")

@@ -14,6 +14,7 @@ from .._kernel._validate import DEFAULT_MODE, check_mode, check_name
 
 try:
     from . import _store as shared
+    from ._anonymous import create_anonymous, open_anonymous
 
     _UNAVAILABLE: str | None = None
 except (ImportError, OSError, TypeError, AttributeError) as exc:  # pragma: no cover - Windows
@@ -122,12 +123,12 @@ class RateLimiter(RateLimits):
         self._configure(pairs, burst, intervals, name)
         self._mode = mode
         if name is None:
-            store = shared.create_anonymous(burst, intervals)
+            store = create_anonymous(burst, intervals)
         else:
             store, header = shared.open_or_create_named(name, burst, intervals, mode)
             if header is not None and (header.burst, header.intervals) != (burst, intervals):
                 raise ValueError(self._mismatch(name, header))
-        self._setup(store)
+        self._setup(store, attached=name is None)
 
     def _configure(
         self,
@@ -151,14 +152,15 @@ class RateLimiter(RateLimits):
             f"burst, or unlink it first"
         )
 
-    def _setup(self, store: shared.RateSet) -> None:
+    def _setup(self, store: shared.RateSet, *, attached: bool = False) -> None:
         self._store = store
-        self._attach()
+        self._attach(attached=attached)
         if self._name is None:
             _anonymous[store.semid] = self
 
-    def _attach(self) -> None:
-        self._store.attach()
+    def _attach(self, *, attached: bool = False) -> None:
+        if not attached:  # a new anonymous set comes attached
+            self._store.attach()
         self._attached = True
         _live.add(self)
         self._finalizer = Finalize(
@@ -345,7 +347,7 @@ def _open_named(
 def _open_anonymous(key: int, pairs: list[tuple[float, float]], burst: int) -> RateLimiter:
     """The limiter with this key, attached on first use (one handle per process)."""
     intervals = intervals_ns(pairs, burst)
-    store = shared.open_anonymous(key, burst, intervals)
+    store = open_anonymous(key, burst, intervals)
     existing = _anonymous.get(store.semid)
     if existing is not None and existing._closed is None:
         return existing

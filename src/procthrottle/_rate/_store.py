@@ -27,7 +27,6 @@ import ctypes
 import errno
 import hashlib
 import os
-import secrets
 import sys
 import threading
 from collections.abc import Sequence
@@ -60,7 +59,7 @@ _semop.restype = ctypes.c_int
 
 _ATTACH = _libc.ops((ATTACH, 1, _libc.SEM_UNDO))
 _DETACH = _libc.ops((ATTACH, -1, _libc.SEM_UNDO | _libc.IPC_NOWAIT))
-_IF_UNUSED = _libc.ops((ATTACH, 0, _libc.IPC_NOWAIT))
+IF_UNUSED = _libc.ops((ATTACH, 0, _libc.IPC_NOWAIT))
 
 
 def encode(value: int) -> list[int]:
@@ -88,14 +87,20 @@ def name_tag(name: str) -> tuple[int, int]:
     return ((value >> 15) & WORD_MASK) or 1, value & WORD_MASK
 
 
-def _init_ops(
-    tag: tuple[int, int], burst: int, intervals: Sequence[int]
+def init_ops(
+    tag: tuple[int, int], burst: int, intervals: Sequence[int], *, attach: bool = False
 ) -> ctypes.Array[_libc.SemBuf]:
-    """Write a named set's header in one ``semop``, only while its magic word is still 0."""
+    """Write a set's header in one ``semop``, only while its magic word is still 0.
+
+    With ``attach``, the same ``semop`` attaches this process: a new anonymous set is never
+    seen finished but unattached (which the sweep of another process would remove).
+    """
     triples = [(MAGIC, 0, _libc.IPC_NOWAIT)]
     for word, value in enumerate(initial(tag, burst, intervals)):
         if value and word != ATTACH:
             triples.append((word, value, 0))
+    if attach:
+        triples.append((ATTACH, 1, _libc.SEM_UNDO))
     return _libc.ops(*triples)
 
 
@@ -314,36 +319,11 @@ def detach(semid: int, anonymous: bool) -> None:
     """Undo one attach; the last handle on the host removes an anonymous set."""
     try:
         _libc.semop(semid, _DETACH)
-        if anonymous and _libc.semop(semid, _IF_UNUSED):
+        if anonymous and _libc.semop(semid, IF_UNUSED):
             _libc.remove(semid)
     except OSError as exc:
         if exc.errno not in _libc.GONE:  # pragma: no cover - unexpected kernel error
             raise
-
-
-def create_anonymous(burst: int, intervals: Sequence[int]) -> RateSet:
-    values = initial(ANONYMOUS_TAG, burst, intervals)
-    while True:
-        key = secrets.randbelow(0x7FFFFFFE) + 1
-        semid = _libc.create(key, values)
-        if semid is not None:
-            return RateSet(key, semid, len(intervals))
-
-
-def open_anonymous(key: int, burst: int, intervals: Sequence[int]) -> RateSet:
-    semid = lookup(key)
-    header = None if semid is None else inspect(semid)
-    if (
-        semid is None
-        or header is None
-        or (header.tag, header.burst, header.intervals) != (ANONYMOUS_TAG, burst, tuple(intervals))
-    ):
-        raise SemaphoreClosedError(
-            "this anonymous rate limiter no longer exists: every process that used it closed "
-            "it or exited. Keep the creating process's RateLimiter alive while others use it, "
-            "or give it a name="
-        )
-    return RateSet(key, semid, len(intervals))
 
 
 def find_named(name: str) -> tuple[int, int, Header] | None:
@@ -375,7 +355,7 @@ def open_or_create_named(
     what = f"rate limiter {name!r}"
     _naming.refuse_other_kind(name, _naming.RATE_LIMITER)
     key, tag, size = _naming.rate_key(name), name_tag(name), nsems(len(intervals))
-    init = _init_ops(tag, burst, intervals)
+    init = init_ops(tag, burst, intervals)
 
     def settle(semid: int, created: bool) -> Header | None:
         header = HALF_MADE if created else read_header(semid)

@@ -1,0 +1,80 @@
+"""Anonymous rate sets: made under a random key, found again by key, swept after a crash."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Sequence
+
+from .._exceptions import SemaphoreClosedError
+from .._kernel import _libc
+from ._store import (
+    ANONYMOUS_TAG,
+    ATTACH,
+    IF_UNUSED,
+    RateSet,
+    init_ops,
+    inspect,
+    lookup,
+    nsems,
+    read_header,
+)
+
+_swept = False
+
+
+def sweep_anonymous() -> None:
+    """Remove this user's anonymous rate sets whose every user died (once per process, Linux).
+
+    As for anonymous semaphores (`_naming.sweep_anonymous`): the last user removes the set
+    when it closes or exits normally, but a SIGKILL leaves it behind with an attach count of
+    0, so the next process of the same user that makes an anonymous rate limiter removes it.
+    """
+    global _swept
+    if _swept:
+        return
+    _swept = True
+    me = os.geteuid()
+    for info in _libc.listing():
+        if info.uid != me or info.cuid != me:
+            continue
+        try:
+            header = read_header(info.semid)
+            if (
+                header is not None
+                and not header.half_made
+                and header.tag == ANONYMOUS_TAG
+                and _libc.getval(info.semid, ATTACH) == 0
+                and _libc.semop(info.semid, IF_UNUSED)
+            ):
+                _libc.remove(info.semid)
+        except OSError:
+            continue
+
+
+def create_anonymous(burst: int, intervals: Sequence[int]) -> RateSet:
+    """A new owner-only anonymous set, initialised and attached to by this process."""
+    sweep_anonymous()
+    init = init_ops(ANONYMOUS_TAG, burst, intervals, attach=True)
+    while True:
+        key = secrets.randbelow(0x7FFFFFFE) + 1
+        semid = _libc.create_empty(key, nsems(len(intervals)), 0o600)
+        if semid is not None:
+            _libc.semop(semid, init)
+            return RateSet(key, semid, len(intervals))
+
+
+def open_anonymous(key: int, burst: int, intervals: Sequence[int]) -> RateSet:
+    semid = lookup(key)
+    header = None if semid is None else inspect(semid)
+    if (
+        semid is None
+        or header is None
+        or (header.tag, header.burst, header.intervals) != (ANONYMOUS_TAG, burst, tuple(intervals))
+    ):
+        raise SemaphoreClosedError(
+            "this anonymous rate limiter no longer exists: every process that used it closed "
+            "it or exited. Keep the creating process's RateLimiter alive while others use it, "
+            "or give it a name="
+        )
+    return RateSet(key, semid, len(intervals))
