@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from _leaks import Snapshot, leaked_since
+from redis_server import redis_server
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -48,6 +49,16 @@ def dask_client(tmp_path: Path) -> Iterator[Any]:
         # distributed leaves a few sockets for the garbage collector: not ours to fail on
         warnings.simplefilter("ignore", ResourceWarning)
         gc.collect()
+
+
+@pytest.fixture(scope="module")
+def url() -> Iterator[str]:
+    """The URL of a real, memory-only redis-server started for the module (skip without one)."""
+    try:
+        with redis_server() as found:
+            yield found
+    except FileNotFoundError as exc:
+        pytest.skip(str(exc))
 
 
 @pytest.fixture(params=["asyncio", "trio"])

@@ -6,7 +6,6 @@ import itertools
 import multiprocessing
 import pickle
 import time
-from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
@@ -23,19 +22,10 @@ from procthrottle.redis import (  # noqa: E402
     RedisRateLimiter,
     RedisUnavailableError,
 )
-from redis_server import free_port, redis_server  # noqa: E402
+from redis_server import free_port  # noqa: E402
 from test_rate_processes import max_in_window  # noqa: E402
 
 pytestmark = pytest.mark.timeout(60)
-
-
-@pytest.fixture(scope="module")
-def url() -> Iterator[str]:
-    try:
-        with redis_server() as url:
-            yield url
-    except FileNotFoundError as exc:
-        pytest.skip(str(exc))
 
 
 @pytest.fixture

@@ -34,15 +34,6 @@ from redis_server import free_port, redis_server  # noqa: E402
 pytestmark = pytest.mark.timeout(60)
 
 
-@pytest.fixture(scope="module")
-def url() -> Iterator[str]:
-    try:
-        with redis_server() as url:
-            yield url
-    except FileNotFoundError as exc:
-        pytest.skip(str(exc))
-
-
 @pytest.fixture
 def sem(url: str) -> Iterator[RedisSemaphore]:
     sem = RedisSemaphore(url, unique_name("pt-redis"), 2, lease=1.0)
