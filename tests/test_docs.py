@@ -156,8 +156,7 @@ multiprocessing.set_start_method("spawn", force=True)
 
 
 def kernel_objects() -> set[str]:
-    """System V sets (private to this run under `unshare --ipc`) and procthrottle's POSIX
-    semaphores (/dev/shm is shared by every run on the host: see `ours`)."""
+    """procthrottle's System V sets and POSIX semaphores (the host is shared: see `ours`)."""
     objects = {f"sysv:{semid}" for semid in sysv_sets()}
     shm = Path("/dev/shm")
     if shm.is_dir():
