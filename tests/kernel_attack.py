@@ -14,7 +14,10 @@ from helpers import PYTHON, python_env
 KINDS = [pytest.param(True, id="crash_safe"), pytest.param(False, id="posix")]
 
 
-def run_child(code: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def run_child(
+    code: str, timeout: float = 60, *, returncode: int = 0
+) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` in a fresh interpreter; it must end with ``returncode`` (-N: signal N)."""
     result = subprocess.run(
         [PYTHON, "-c", textwrap.dedent(code)],
         env=python_env(),
@@ -22,7 +25,7 @@ def run_child(code: str, timeout: float = 60) -> subprocess.CompletedProcess[str
         text=True,
         timeout=timeout,
     )
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == returncode, result.stderr
     return result
 
 

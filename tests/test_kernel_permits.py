@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import textwrap
 import threading
@@ -270,14 +271,7 @@ def test_anonymous_objects_of_a_killed_creator_are_swept(crash_safe: bool) -> No
         print(s._semid if {crash_safe} else s._os_name, flush=True)
         os.kill(os.getpid(), signal.SIGKILL)
     """
-    result = subprocess.run(
-        [PYTHON, "-c", textwrap.dedent(code)],
-        env=python_env(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    left = result.stdout.strip()
+    left = run_child(code, returncode=-signal.SIGKILL).stdout.strip()
     if crash_safe:
         assert int(left) in {
             int(line.split()[1]) for line in Path("/proc/sysvipc/sem").read_text().splitlines()[1:]

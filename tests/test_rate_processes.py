@@ -8,8 +8,6 @@ import multiprocessing
 import os
 import random
 import signal
-import subprocess
-import textwrap
 import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -18,7 +16,7 @@ from pathlib import Path
 import pytest
 
 import test_rate_tasks as tasks
-from helpers import PYTHON, python_env, sysv_sets, unique_name
+from helpers import sysv_sets, unique_name
 from kernel_attack import run_child
 from procthrottle import RateLimiter
 from procthrottle._rate import _store
@@ -230,15 +228,7 @@ def test_anonymous_set_of_a_killed_last_user_is_swept() -> None:
     """Nobody is left to remove the set of a SIGKILLed last user: the next process of the user
     that makes an anonymous limiter removes it, and leaves the sets in use alone."""
     live = RateLimiter(10)  # attached by this process: no sweep may take it
-    killed = subprocess.run(
-        [PYTHON, "-c", textwrap.dedent(KILLED_LAST_USER)],
-        env=python_env(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert killed.returncode == -signal.SIGKILL, killed.stderr
-    left = int(killed.stdout)
+    left = int(run_child(KILLED_LAST_USER, returncode=-signal.SIGKILL).stdout)
     assert left in sysv_sets()
     run_child("from procthrottle import RateLimiter\nRateLimiter(10).close()")
     assert left not in sysv_sets()
