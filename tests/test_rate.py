@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import pickle
 import signal
@@ -350,6 +351,40 @@ async def test_cancelled_head_hands_its_slot_to_the_next_waiter() -> None:
         head_scope.cancel()  # too late to roll back: the head hands its slot to `second`
     assert got
     assert got[0] - start < 0.3
+    limiter.close()
+
+
+@pytest.mark.anyio
+async def test_slots_of_cancelled_waiters_are_never_used_late() -> None:
+    """Cancelled waiters that cannot give their slots back leave them to later waiters only
+    while those slots are still ahead: one that has passed would admit several at once."""
+    limiter = RateLimiter(100, burst=1)  # one slot per 10 ms
+    alimiter = AsyncRateLimiter(limiter)
+    assert limiter.acquire()
+    admitted: list[float] = []
+    early = [anyio.CancelScope() for _ in range(5)]
+
+    async def waiter(scope: anyio.CancelScope | None = None) -> None:
+        with scope or anyio.CancelScope():
+            await alimiter.acquire()
+            admitted.append(time.monotonic())
+
+    async with anyio.create_task_group() as tg:
+        for scope in early:  # slots +10 to +50 ms, each within the look-ahead of the one before
+            tg.start_soon(waiter, scope)
+        await anyio.sleep(0.002)
+        tg.start_soon(waiter)  # +60 ms: it keeps the turn until then
+        await anyio.sleep(0.002)
+        for _ in range(5):
+            tg.start_soon(waiter)  # queued behind it, nothing reserved yet
+        await anyio.sleep(0.002)
+        for scope in early:  # none can give its slot back (later ones exist): 5 spares
+            scope.cancel()
+    admitted.sort()
+    assert len(admitted) >= 6
+    # 100/s, burst 1: two admissions are at least one interval apart (less a little jitter).
+    gaps = [b - a for a, b in itertools.pairwise(admitted)]
+    assert min(gaps) > 0.007, gaps
     limiter.close()
 
 

@@ -42,7 +42,14 @@ class _Line:
         self.spare: list[tuple[int, Reservation]] = []  # (n, slot) of cancelled waiters
 
     def take_spare(self, n: int) -> Reservation | None:
-        """A slot a cancelled waiter could not give back, if one holds ``n`` (earliest first)."""
+        """A slot a cancelled waiter could not give back, if one holds ``n`` (earliest first).
+
+        Slots whose time has passed are dropped, not used: admitting a waiter now on a slot
+        accounted earlier would let several in at once (their quota is lost instead).
+        """
+        if self.spare:
+            now = _monotonic_ns()
+            self.spare = [spare for spare in self.spare if spare[1][0] >= now]
         for i, (weight, reservation) in enumerate(self.spare):
             if weight >= n:
                 del self.spare[i]
