@@ -113,8 +113,12 @@ STALLED_CREATOR = """
                 os.kill(os.getpid(), signal.SIGSTOP)
             return semid
     _libc._semget = StopAfterCreate()
-    limiter = RateLimiter(1, per=60, name=sys.argv[1])
-    print("semid", limiter._store.semid, limiter.acquire(block=False), flush=True)
+    try:
+        limiter = RateLimiter(1, per=60, burst=int(sys.argv[2]), name=sys.argv[1])
+    except ValueError as exc:
+        print("refused:", exc, flush=True)
+    else:
+        print("semid", limiter._store.semid, limiter.acquire(block=False), flush=True)
 """
 
 
@@ -130,7 +134,7 @@ def test_stalled_or_killed_creator_delays_nobody_and_makes_no_second_set(
     fate: str, named: str
 ) -> None:
     creator = subprocess.Popen(
-        [PYTHON, "-c", textwrap.dedent(STALLED_CREATOR), named],
+        [PYTHON, "-c", textwrap.dedent(STALLED_CREATOR), named, "1"],
         env=python_env(),
         stdout=subprocess.PIPE,
         text=True,
@@ -161,6 +165,34 @@ def test_stalled_or_killed_creator_delays_nobody_and_makes_no_second_set(
         again.close()
         limiter.unlink()
         assert sets_with_key(_naming.rate_key(named)) == []
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(creator.pid, signal.SIGKILL)
+        creator.wait(10)
+        if creator.stdout is not None:
+            creator.stdout.close()
+
+
+def test_stalled_creator_of_other_rates_is_refused_when_it_resumes(named: str) -> None:
+    """Its set was finished meanwhile by an opener with other rates: the creator must not use
+    it as if it held its own (it would run at a rate nobody else keeps)."""
+    creator = subprocess.Popen(
+        [PYTHON, "-c", textwrap.dedent(STALLED_CREATOR), named, "2"],  # burst 2
+        env=python_env(),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert creator.stdout is not None
+        assert creator.stdout.readline().strip() == "created"
+        _stopped(creator.pid)
+        limiter = RateLimiter(1, per=60, name=named)  # burst 1: finishes the set its way
+        os.kill(creator.pid, signal.SIGCONT)
+        out, _ = creator.communicate(timeout=30)
+        assert out.startswith("refused:"), out
+        assert "already exists" in out
+        assert sets_with_key(_naming.rate_key(named)) == [limiter._store.semid]
+        limiter.unlink()
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.kill(creator.pid, signal.SIGKILL)

@@ -126,7 +126,7 @@ class RateLimiter(RateLimits):
             store = create_anonymous(burst, intervals)
         else:
             store, header = shared.open_or_create_named(name, burst, intervals, mode)
-            if header is not None and (header.burst, header.intervals) != (burst, intervals):
+            if (header.burst, header.intervals) != (burst, intervals):
                 raise ValueError(self._mismatch(name, header))
         self._setup(store, attached=name is None)
 

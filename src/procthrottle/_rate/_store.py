@@ -343,8 +343,8 @@ def find_named(name: str) -> tuple[int, int, Header] | None:
 
 def open_or_create_named(
     name: str, burst: int, intervals: Sequence[int], mode: int
-) -> tuple[RateSet, Header | None]:
-    """The named set, created if need be; also the header of an existing one (None if new).
+) -> tuple[RateSet, Header]:
+    """The named set, created if need be, and its header (the rates it holds).
 
     Raises:
         NameConflictError: A semaphore has the name (before or, racing, after we made the
@@ -384,7 +384,9 @@ def open_or_create_named(
             _libc.remove(semid)
             raise _naming.kind_conflict(name, _naming.RATE_LIMITER, other)
         _registry.add(name, _registry.RATE)
-    return RateSet(key, semid, len(intervals)), None if created else header
+    # The header as read back, also for the creator: a creator stalled before its set-up semop
+    # finds it made by another opener, maybe with other rates, which the caller compares.
+    return RateSet(key, semid, len(intervals)), header
 
 
 def unlink_named(name: str) -> bool:
