@@ -416,7 +416,7 @@ def test_rate_spaces_the_commands_out_host_wide(name: str, tmp_path: Path) -> No
 
 
 def test_rate_with_no_wait_gives_the_conflict_code(name: str) -> None:
-    first = cli("run", "--name", name, "--rate", "1/min", "--", "true")
+    first = cli("run", "--name", name, "--rate", "1 per minute", "--", "true")  # a help form
     assert first.returncode == 0, first.stderr
     second = cli("run", "--name", name, "--rate", "1/min", "--no-wait", "-E", "75", "--", "true")
     assert second.returncode == 75

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import pickle
@@ -77,6 +78,10 @@ def test_bad_rate_strings_name_the_accepted_forms(text: str) -> None:
         ((10,), {"extra": [5]}, TypeError, r"extra\[0\] must be"),
         ((10,), {"extra": "5/s"}, TypeError, "extra must be a sequence"),
         ((1e-9, 86400), {}, ValueError, "spans more than"),
+        ((1e-300,), {}, ValueError, "spans more than"),
+        ((10**400,), {}, ValueError, "rate must be a finite"),
+        ((1, 10**400), {}, ValueError, "per must be a finite"),
+        ((10,), {"extra": [(1e-300, 1)]}, ValueError, "spans more than"),
     ],
 )
 def test_bad_arguments(
@@ -102,6 +107,17 @@ def test_bad_acquire_arguments_change_nothing() -> None:
         limiter.acquire(timeout=math.nan)
     # Nothing was reserved: the whole burst is still there.
     assert limiter.acquire(2, block=False)
+    for never in (-math.inf, -(10**400), -1e300):  # negative timeouts: do not wait
+        assert not limiter.acquire(timeout=never)
+        assert not anyio.run(functools.partial(AsyncRateLimiter(limiter).acquire, timeout=never))
+    limiter.close()
+
+
+def test_intervals_round_up_so_the_rate_is_never_exceeded() -> None:
+    limiter = RateLimiter(4.1e8, burst=10)  # 2.44 ns per acquisition
+    assert limiter._intervals == (3,)
+    assert RateLimiter(3)._intervals == (333_333_334,)
+    assert RateLimiter(600, per=60)._intervals == (100_000_000,)  # exact stays exact
     limiter.close()
 
 

@@ -147,7 +147,10 @@ def throttle(
         return _wrap_sync(fn)  # type: ignore[return-value]
 
     def too_slow(fn: Callable[..., Any]) -> TimeoutError:
-        return TimeoutError(f"no permit to call {_name(fn)} within {timeout} s")
+        within = "at once (timeout <= 0)" if timeout is not None and timeout <= 0 else (
+            f"within {timeout} s"
+        )
+        return TimeoutError(f"no permit to call {_name(fn)} {within}")
 
     def _wrap_async(fn: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(fn)

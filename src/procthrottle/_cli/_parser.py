@@ -100,7 +100,7 @@ def _rate(value: str) -> str:
         parse_rate(value)
     except (TypeError, ValueError) as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
-    return value.replace(" ", "")
+    return value
 
 
 class _Parser(argparse.ArgumentParser):

@@ -77,6 +77,8 @@ def check_timeout(timeout: object) -> float | None:
         raise ValueError("timeout must not be NaN")
     if timeout > MAX_TIMEOUT:
         return None
+    if timeout < -MAX_TIMEOUT:  # -inf, or an int too large for a float: do not wait
+        return -1.0
     return float(timeout)
 
 

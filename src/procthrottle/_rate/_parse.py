@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+import reprlib
 from collections.abc import Sequence
 
 #: The forms a rate string may take, for error messages.
@@ -31,11 +32,14 @@ def check_number(what: str, value: object) -> float:
     """A finite float > 0 (bool refused), or TypeError/ValueError naming the argument."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{what} must be a number, not {type(value).__name__}")
-    result = float(value)
+    try:
+        result = float(value)
+    except OverflowError:  # an int beyond any float
+        result = math.inf
     if math.isnan(result) or math.isinf(result):
-        raise ValueError(f"{what} must be a finite number, got {value!r}")
+        raise ValueError(f"{what} must be a finite number, got {reprlib.repr(value)}")
     if result <= 0:
-        raise ValueError(f"{what} must be > 0, got {value!r}")
+        raise ValueError(f"{what} must be > 0, got {reprlib.repr(value)}")
     return result
 
 
@@ -102,15 +106,15 @@ def intervals_ns(pairs: Sequence[tuple[float, float]], burst: int) -> tuple[int,
     """The emission intervals (``per / rate``) in nanoseconds, in a canonical order."""
     result = []
     for rate, per in pairs:
-        interval = round(per / rate * 1e9)
-        if interval < 1:
+        exact = per / rate * 1e9
+        if exact < 1:
             raise ValueError(f"the rate {rate:g} per {per:g} s is above one per nanosecond")
-        if interval * burst >= MAX_SPAN_NS:
+        if exact * burst >= MAX_SPAN_NS:  # also inf: a rate of 1e-300 per second
             raise ValueError(
                 f"the rate {rate:g} per {per:g} s with burst={burst} spans more than "
                 f"{MAX_SPAN_NS / 1e9 / 86400:.0f} days; use a shorter period"
             )
-        result.append(interval)
+        result.append(math.ceil(exact))  # up: never more than asked
     return tuple(sorted(set(result)))
 
 
