@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import multiprocessing
+import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -55,3 +56,29 @@ def test_executor_rate_reaches_spawned_workers(tmp_path: Path) -> None:
     assert len(stamps) == 6
     assert min_gap(stamps) >= 0.05, stamps  # slots 100 ms apart; half of it for late wake-ups
     assert stamps[-1] - stamps[0] >= 5 * 0.1 - 0.05, stamps
+
+
+@pytest.mark.timeout(60)
+def test_cancelled_task_waiting_for_its_turn_gives_the_turn_back(tmp_path: Path) -> None:
+    """A task sent to a worker may wait there for its turn under `rate=`; cancelled meanwhile,
+    it gives the turn back at once, and shutdown(cancel_futures=True) does not wait for it."""
+    log = tmp_path / "log"
+    pool = ThrottledProcessPool(1, 1, rate="1/2s")  # burst 1: one start per 2 s
+    try:
+        pool.submit(tasks.hold, str(log), 0.0).result(timeout=30)  # the turn at t = 0
+        waiting = pool.submit(tasks.hold, str(log), 0.0)  # its turn: t = 2 s
+        time.sleep(0.3)
+        assert waiting.cancel()
+        pool.submit(tasks.hold, str(log), 0.0).result(timeout=30)  # gets the turn at t = 2 s
+        stamps = starts(log, "task")
+        assert len(stamps) == 2
+        assert 2.0 - 0.05 <= stamps[1] - stamps[0] < 3.0, stamps  # not 4 s: the turn came back
+        late = [pool.submit(tasks.hold, str(log), 0.0) for _ in range(3)]  # turns at 4, 6, 8 s
+        time.sleep(0.3)
+        begin = time.monotonic()
+        pool.shutdown(wait=True, cancel_futures=True)
+        assert time.monotonic() - begin < 2.0
+        assert all(f.cancelled() for f in late)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    assert len(starts(log, "task")) == 2

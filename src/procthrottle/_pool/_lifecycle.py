@@ -7,6 +7,7 @@ import contextlib
 import os
 import selectors
 import threading
+import time
 import weakref
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
@@ -201,10 +202,13 @@ class Lifecycle(EngineState):
             for worker in workers:
                 worker.dead = True
                 self._forget(worker)
-        for worker in workers:
-            if kill:
+        if kill:
+            for worker in workers:
                 worker.process.kill()
-            worker.process.join(5.0)
+        deadline = time.monotonic() + 5.0  # for all of them together, not 5 s each
+        for worker in workers:
+            worker.process.join(max(0.0, deadline - time.monotonic()))
+        for worker in workers:
             if worker.process.exitcode is None:  # pragma: no cover - stuck in an initializer
                 worker.process.kill()
                 worker.process.join(5.0)

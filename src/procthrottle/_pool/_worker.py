@@ -18,6 +18,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
+from functools import partial
 from typing import Any
 
 from .._kernel._semaphore import ProcessSemaphore
@@ -27,6 +28,8 @@ from . import _wire
 CLAIMED, STARTED_NS, RING = 0, 1, 2
 #: Slots in the revoked ring; the parent keeps every worker's unclaimed seqs within this span.
 RING_SIZE = 1024
+#: How often (seconds) a task waiting for its turn under `rate=` looks whether it was cancelled.
+REVOKE_POLL = 0.05
 #: Exit code of a spawned worker whose parent created the pool while importing the main module.
 EXIT_NO_MAIN_GUARD = 87
 #: Exit code of a worker that received a malformed task frame (its task stream is out of step).
@@ -95,15 +98,29 @@ class WorkerState:
         self.gate()
         self.take()
 
-    def gate(self) -> None:
-        """Wait until the rate allows one more task (or section)."""
-        # ---- RATE GATE -------------------------------------------------------------------
-        # The one place a pool task waits for `rate=`: before the task in task mode, at
-        # critical_section() entry in section mode. `rate` is None or an object with
-        # acquire() (validated by the pool); the integrator wires RateLimiter in here.
-        if self.rate is not None:
-            self.rate.acquire()
-        # ------------------------------------------------------------------------------------
+    def gate(self, revoked: Callable[[], bool] | None = None) -> bool:
+        """Wait until the rate allows one more task (or section).
+
+        The one place a pool task waits for `rate=`: before the task in task mode, at
+        critical_section() entry in section mode. With ``revoked`` (task mode: the task may
+        still be cancelled), the wait stops as soon as it returns True, and the turn is given
+        back when nobody reserved one after it: False, the task must not run.
+        """
+        rate = self.rate
+        if rate is None:
+            return True
+        reserve = getattr(rate, "_reserve", None)  # RateLimiter, RedisRateLimiter
+        if revoked is None or reserve is None:
+            rate.acquire()
+            return True
+        reservation = reserve(1, None)
+        slot = reservation[0]
+        while (delay := slot - time.monotonic_ns()) > 0:
+            if revoked():
+                rate._give_back(reservation)
+                return False
+            time.sleep(min(delay / 1e9, REVOKE_POLL))
+        return True
 
     def take(self) -> None:
         """Take a permit and record the peak number of holders seen."""
@@ -180,7 +197,8 @@ def _serve(boot: WorkerBoot) -> None:
             if shared[RING + seq % RING_SIZE] == seq:  # revoked already: skip the gates
                 continue
             if task_mode:
-                state.gate()
+                if not state.gate(partial(_seq_revoked, shared, seq)):
+                    continue  # cancelled while it waited for its turn under `rate=`
                 if not holding:
                     state.take()
                     holding = True
@@ -219,7 +237,11 @@ def _serve(boot: WorkerBoot) -> None:
 
 def _revoked(shared: Any, body: bytes) -> bool:
     seq = _wire.task_seq(body)
-    return seq != _wire.STOP and bool(shared[RING + seq % RING_SIZE] == seq)
+    return seq != _wire.STOP and _seq_revoked(shared, seq)
+
+
+def _seq_revoked(shared: Any, seq: int) -> bool:
+    return bool(shared[RING + seq % RING_SIZE] == seq)
 
 
 def refuse_import_time_pool() -> None:
