@@ -81,6 +81,56 @@ async def test_unlink_while_tasks_wait_reaches_every_task() -> None:
     fresh.release()
 
 
+@pytest.mark.parametrize("crash_safe", [True, False])
+@pytest.mark.parametrize("how", ["close", "unlink"])
+async def test_tasks_waiting_for_a_permit_held_here_hear_of_close_and_unlink(
+    crash_safe: bool, how: str
+) -> None:
+    """The permit is held by a task of this process and the others wait at the gate: the
+    holder's release fails on the closed (or, crash-safe, unlinked) semaphore, and the gate's
+    waiters must hear of it too, not wait forever for the slot."""
+    name = unique_name()
+    sem = ProcessSemaphore(1, name=name, crash_safe=crash_safe)
+    asem = AsyncSemaphore(sem)
+    outcomes: list[object] = []
+
+    async def user() -> None:
+        try:
+            outcomes.append(await asem.acquire())
+        except SemaphoreClosedError as exc:
+            outcomes.append(exc)
+        else:
+            asem.release()
+
+    keeps_working = how == "unlink" and not crash_safe  # documented: a POSIX handle does
+    assert await asem.acquire()
+    try:
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                for _ in range(3):
+                    tg.start_soon(user)
+                await anyio.sleep(0.1)
+                assert asem._debug_state()["gate"] == 3
+                if how == "close":
+                    sem.close()
+                else:
+                    ProcessSemaphore.open(name, crash_safe=crash_safe).unlink()
+                if keeps_working:
+                    asem.release()
+                else:
+                    with pytest.raises(SemaphoreClosedError):
+                        asem.release()
+    finally:
+        if how == "close":
+            ProcessSemaphore.open(name, crash_safe=crash_safe).unlink()
+    if keeps_working:
+        assert outcomes == [True, True, True]
+        sem.close()
+    else:
+        assert len(outcomes) == 3
+        assert all(isinstance(o, SemaphoreClosedError) for o in outcomes), outcomes
+
+
 @pytest.fixture
 def no_threads() -> Iterator[dict[str, int]]:
     """Make starting a waiter thread fail, as under a pids limit, while ``state["fail"]``."""

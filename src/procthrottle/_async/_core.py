@@ -29,6 +29,7 @@ from typing import Any, SupportsIndex
 
 import anyio
 
+from .._exceptions import SemaphoreClosedError
 from ._kernel_peek import kernel_waiters_counter
 from ._waiter_thread import WaiterThread
 from ._wakeup import FAILED, GONE, GRANTED, WAITING, Waiter, new_waiter
@@ -122,6 +123,12 @@ class Core(WaiterThread):
                 self.kernel_release()
             else:
                 self.release_permit()
+        except SemaphoreClosedError:
+            # Closed or unlinked: the permit went with the handle, but its slot goes on, so
+            # that the tasks waiting at the gate reach the kernel and hear the same error.
+            if mine:
+                self.return_slot()
+            raise
         except BaseException:
             if mine:
                 held.append(None)
