@@ -7,7 +7,7 @@ import inspect
 import pickle
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import anyio
@@ -152,12 +152,19 @@ async def test_static_and_class_methods_in_either_order() -> None:
     assert service.class_below.__doc__ is None
 
 
-def test_async_generator_functions_are_refused_at_decoration() -> None:
+def test_generator_functions_are_refused_at_decoration() -> None:
+    """Calling one only makes the generator: the body would run unbounded, after the call."""
+
     async def stream() -> AsyncIterator[int]:
+        yield 1
+
+    def rows() -> Iterator[int]:
         yield 1
 
     with pytest.raises(TypeError, match=r"async generator function .*async with"):
         throttle(2)(stream)
+    with pytest.raises(TypeError, match=r"the generator function .*`with sem:`"):
+        throttle(2)(rows)
 
 
 def test_bare_decorator_and_no_arguments_say_what_to_do() -> None:

@@ -57,9 +57,10 @@ def throttle(
     Works on ``async def`` functions and objects with an ``async def __call__`` (awaiting an
     `AsyncSemaphore`, never blocking the loop), on plain functions (blocking), and on instance,
     static and class methods (in either decorator order with ``@staticmethod`` /
-    ``@classmethod``). Async generator functions are refused: a permit held for a generator's
-    whole life would outlive a consumer that stops iterating early; put ``async with sem:``
-    around the part of the body that needs the bound instead.
+    ``@classmethod``). Generator functions, async or not, are refused: calling one only makes
+    the generator, and a permit held for a generator's whole life would outlive a consumer
+    that stops iterating early; put ``async with sem:`` (or ``with sem:``) around the part of
+    the body that needs the bound instead.
 
     An ``int`` makes an anonymous `ProcessSemaphore`, shared with forked children; pass a named
     one to hold the bound across unrelated processes. A decorated module-level function stays
@@ -126,11 +127,16 @@ def throttle(
             return classmethod(decorate(fn.__func__))
         if not callable(fn):
             raise TypeError(f"throttle decorates callables, not {type(fn).__name__}")
-        if inspect.isasyncgenfunction(fn):
+        if inspect.isasyncgenfunction(fn) or inspect.isgeneratorfunction(fn):
+            kind, inside = (
+                ("async generator", "`async with sem:` (an AsyncSemaphore)")
+                if inspect.isasyncgenfunction(fn)
+                else ("generator", "`with sem:` (a ProcessSemaphore)")
+            )
             raise TypeError(
-                f"@throttle cannot bound the async generator function {_name(fn)}: a permit "
-                "held for the generator's whole life would leak when a consumer stops early. "
-                "Use `async with sem:` (an AsyncSemaphore) inside the generator instead"
+                f"@throttle cannot bound the {kind} function {_name(fn)}: calling it only "
+                "makes the generator, and a permit held for the generator's whole life would "
+                f"leak when a consumer stops early. Use {inside} inside the generator instead"
             )
         if _is_async_callable(fn):
             if gate is not None and not gate.awaitable:
