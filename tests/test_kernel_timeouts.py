@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
 import os
 import pickle
 import threading
@@ -45,7 +46,7 @@ def test_huge_timeouts_wait_and_never_damage_the_handle(crash_safe: bool, timeou
         ({"timeout": float("nan")}, ValueError),
         ({"timeout": True}, TypeError),
         ({"timeout": "1"}, TypeError),
-        ({"block": False, "timeout": 1}, ValueError),
+        ({"block": False, "timeout": float("nan")}, ValueError),
     ],
 )
 def test_bad_timeouts_are_refused_the_same_way(
@@ -57,6 +58,22 @@ def test_bad_timeouts_are_refused_the_same_way(
     assert sem.value == 1
     assert sem.acquire(block=False)
     sem.release()
+    sem.close()
+
+
+@pytest.mark.parametrize("crash_safe", KINDS)
+def test_a_timeout_without_block_is_ignored_as_by_multiprocessing(crash_safe: bool) -> None:
+    """`multiprocessing.Semaphore.acquire(False, 5)` takes a free permit or returns False at
+    once (threading would raise): the contract is multiprocessing's."""
+    sem = ProcessSemaphore(1, crash_safe=crash_safe)
+    reference = multiprocessing.Semaphore(1)
+    for s in (sem, reference):
+        assert s.acquire(False, 5)
+        start = time.monotonic()
+        assert not s.acquire(block=False, timeout=5)
+        assert time.monotonic() - start < 1
+        s.release()
+    assert sem.value == 1
     sem.close()
 
 

@@ -83,8 +83,9 @@ def check_timeout(timeout: object) -> float | None:
 
 
 def check_acquire(block: object, timeout: object) -> float | None:
-    """``acquire``'s arguments: the timeout to use (None = forever), as threading checks them."""
-    timeout = check_timeout(timeout)
-    if not block and timeout is not None and timeout >= 0:
-        raise ValueError("can't specify a timeout for a non-blocking call")
-    return timeout
+    """``acquire``'s arguments: the timeout to use (None = forever).
+
+    As `multiprocessing.Semaphore.acquire` (not `threading`, which raises): with ``block``
+    false, a timeout is checked but changes nothing (no wait).
+    """
+    return check_timeout(timeout)
