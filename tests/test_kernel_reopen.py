@@ -11,6 +11,7 @@ import os
 import subprocess
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
 
@@ -104,3 +105,71 @@ def test_a_name_unlinked_while_opening_is_looked_up_again(
         assert reopened.value == 2
         reopened.unlink()
         reopened.close()
+
+
+POSIX_CHILD = """
+    import sys, time
+    from pathlib import Path
+    from procthrottle import ProcessSemaphore
+    from procthrottle._kernel import _posix_names
+
+    name, flag, go = sys.argv[1:4]
+    original, paused = _posix_names._get, []
+
+    def get(os_name, *args, **kwargs):
+        result = original(os_name, *args, **kwargs)
+        if os_name == _posix_names.os_names(name)[0] and not paused:  # `free` opened
+            paused.append(True)
+            Path(flag).touch()
+            while not Path(go).exists():
+                time.sleep(0.005)
+        return result
+
+    _posix_names._get = get
+    sem = ProcessSemaphore(1, name=name, crash_safe=False)
+    assert sem.acquire(timeout=5)
+    print(sem.value, flush=True)
+    time.sleep(0.5)
+    sem.release()
+    sem.close()
+"""
+
+
+@pytest.mark.timeout(60)
+def test_posix_name_unlinked_and_made_anew_between_its_three_opens(tmp_path: Path) -> None:
+    """crash_safe=False opens ``free``, ``room`` and ``limit`` one by one: a name unlinked
+    and made anew in between must not leave the opener with semaphores of two generations
+    (its ``room`` would not match its ``free``, and a permit would go nowhere)."""
+    name = unique_name()
+    ProcessSemaphore(1, name=name, crash_safe=False).close()
+    flag, go = tmp_path / "flag", tmp_path / "go"
+    child = subprocess.Popen(
+        [PYTHON, "-c", textwrap.dedent(POSIX_CHILD), name, str(flag), str(go)],
+        env=python_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        for _ in range(2000):
+            if flag.exists() or child.poll() is not None:
+                break
+            time.sleep(0.005)
+        assert flag.exists(), child.communicate()[1]
+        ProcessSemaphore.open(name, crash_safe=False).unlink()
+        second = ProcessSemaphore(1, name=name, crash_safe=False)
+        go.touch()
+        assert child.stdout is not None
+        assert child.stdout.readline().strip() == "0"  # it holds the new one
+        assert second.value == 0  # so this one shows it
+        assert not second.acquire(timeout=0.1)  # and no second permit exists
+        _, err = child.communicate(timeout=30)
+        assert child.returncode == 0, err
+        assert second.acquire(timeout=5)  # its release came here
+        second.release()
+        assert second.value == 1
+    finally:
+        child.kill()
+        second_name = ProcessSemaphore.open(name, crash_safe=False)
+        second_name.unlink()
+        second_name.close()

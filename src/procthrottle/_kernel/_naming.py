@@ -210,12 +210,15 @@ def open_or_create_named(name: str, limit: int | None, mode: int) -> tuple[int, 
     if limit is not None:
         refuse_other_kind(name, "semaphore")
 
+    finished = False  # this process's set-up semop made the set (whoever created it)
+
     def settle(semid: int, created: bool) -> tuple[tuple[int, int], int] | None:
+        nonlocal finished
         found = None if created else _layout(semid)
         if limit is not None and (created or (found is not None and found[1] == 0)):
             # finishes a half-made set (ours, or a dead or stalled creator's); a no-op if
             # someone else finished it meanwhile
-            _libc.semop(semid, _init_ops(limit, the_tag, attach=False))
+            finished = _libc.semop(semid, _init_ops(limit, the_tag, attach=False))
             found = _layout(semid)
         return found
 
@@ -241,6 +244,7 @@ def open_or_create_named(name: str, limit: int | None, mode: int) -> tuple[int, 
             if other == RATE_LIMITER:
                 raise kind_conflict(name, "semaphore", other)
             raise _other_kernel(name, crash_safe=False)
+    if created or finished:  # listed by `procthrottle list`, even if its creator died
         _registry.add(name, True)
     return key_, semid, existing, created
 

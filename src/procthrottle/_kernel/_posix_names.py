@@ -15,6 +15,7 @@ from _multiprocessing import SemLock, sem_unlink
 from pathlib import Path
 from typing import Any
 
+from .._exceptions import SemaphoreClosedError
 from ._owner import check_owner
 from ._validate import POSIX_MAX_LIMIT
 
@@ -109,9 +110,54 @@ def exists(name: str) -> bool:
     return False
 
 
+#: How many times an open starts over because the name was unlinked (and made anew) meanwhile.
+_REOPEN_TRIES = 5
+
+
 def open_or_create_named(name: str, limit: int | None, mode: int) -> tuple[Any, Any, int]:
-    """``(free, room, limit)`` of the named semaphore; ``limit=None`` only opens."""
+    """``(free, room, limit)`` of the named semaphore; ``limit=None`` only opens.
+
+    The three are opened one by one, so another process may unlink the name (and make it
+    anew) in between, leaving this one with semaphores of two generations: an open whose
+    files changed under it (their inodes) starts over.
+    """
     from . import _naming, _registry
+
+    names = os_names(name)
+    made = False
+    for _ in range(_REOPEN_TRIES):
+        before = _inodes(names)
+        free, room, existing, created = _open_once(name, limit, mode)
+        made = made or created
+        if before is not None and _inodes(names) == before:
+            break
+    else:
+        raise SemaphoreClosedError(
+            f"the semaphore {name!r} (crash_safe=False) was unlinked {_REOPEN_TRIES} times "
+            "while this process opened it: stop the program that keeps unlinking it, then "
+            "open it again"
+        )
+    if made:
+        if _naming.exists(name):  # a crash-safe creator raced us: neither wins
+            unlink_named(name)
+            raise _naming._other_kernel(name, crash_safe=True)
+        _registry.add(name, False)  # listed by `procthrottle list`, even if a creator died
+    return free, room, existing
+
+
+def _inodes(names: tuple[str, ...]) -> tuple[int, ...] | None:
+    """The inodes of these semaphores' files; None if one is missing (empty: OS unknown)."""
+    if _SHM is None:  # pragma: no cover - macOS: no files to look at
+        return ()
+    try:
+        return tuple(os.stat(str(_path(os_name))).st_ino for os_name in names)
+    except FileNotFoundError:
+        return None
+
+
+def _open_once(name: str, limit: int | None, mode: int) -> tuple[Any, Any, int, bool]:
+    """``(free, room, limit, made)``: open the three, making what is missing (``made``)."""
+    from . import _naming
 
     free_name, room_name, limit_name = os_names(name)
     what = f"semaphore {name!r} (crash_safe=False)"
@@ -132,14 +178,9 @@ def open_or_create_named(name: str, limit: int | None, mode: int) -> tuple[Any, 
             f"not {limit}; open it with limit={existing} (or ProcessSemaphore.open({name!r}, "
             f"crash_safe=False)), or unlink it first (`procthrottle unlink {name}`)"
         )
-    free, _ = _get(free_name, existing, existing, what, mode)
-    room, _ = _get(room_name, 0, existing, what, mode)
-    if created:
-        if _naming.exists(name):  # a crash-safe creator raced us: neither wins
-            unlink_named(name)
-            raise _naming._other_kernel(name, crash_safe=True)
-        _registry.add(name, False)
-    return free, room, existing
+    free, free_made = _get(free_name, existing, existing, what, mode)
+    room, room_made = _get(room_name, 0, existing, what, mode)
+    return free, room, existing, created or free_made or room_made
 
 
 _swept = False

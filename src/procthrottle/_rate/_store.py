@@ -357,11 +357,14 @@ def open_or_create_named(
     key, tag, size = _naming.rate_key(name), name_tag(name), nsems(len(intervals))
     init = init_ops(tag, burst, intervals)
 
+    finished = False  # this process's set-up semop made the set (whoever created it)
+
     def settle(semid: int, created: bool) -> Header | None:
+        nonlocal finished
         header = HALF_MADE if created else read_header(semid)
         if header is not None and header.half_made and (created or _has_size(semid, size)):
             # ours, or a stalled or dead creator's of our size: a no-op if finished meanwhile
-            _libc.semop(semid, init)
+            finished = _libc.semop(semid, init)
             header = read_header(semid)
         return header
 
@@ -383,6 +386,7 @@ def open_or_create_named(
         if other is not None:  # a semaphore creator raced us: neither wins
             _libc.remove(semid)
             raise _naming.kind_conflict(name, _naming.RATE_LIMITER, other)
+    if created or finished:  # listed by `procthrottle list`, even if its creator died
         _registry.add(name, _registry.RATE)
     # The header as read back, also for the creator: a creator stalled before its set-up semop
     # finds it made by another opener, maybe with other rates, which the caller compares.
