@@ -485,3 +485,24 @@ def test_ctrl_z_stops_command_and_procthrottle_and_fg_resumes_both(
         os.close(slave)
         os.close(master)
     assert ProcessSemaphore(1, name=name).value == 1
+
+
+@pytest.mark.parametrize("crash_safe", [True, False])
+def test_list_shows_a_name_whose_creator_died_before_finishing_it(
+    name: str, crash_safe: bool
+) -> None:
+    """The creator made the object and died; the next opener finished it: still listed."""
+    from procthrottle._kernel import _libc, _naming, _posix_names
+
+    if crash_safe:
+        assert _libc.create_empty(_naming.key(name), _naming.NSEMS, 0o600) is not None
+    else:  # only the limit semaphore, as a creator killed right after it
+        _posix_names._create(_posix_names.os_names(name)[2], 2, 2, 0o600)
+    sem = ProcessSemaphore(2, name=name, crash_safe=crash_safe)
+    assert sem.acquire(timeout=5)
+    listed = json.loads(cli("list", "--json").stdout)
+    ours = [e for e in listed if e["name"] == name]
+    assert len(ours) == 1, listed
+    assert ours[0]["free"] == 1
+    sem.release()
+    sem.close()
