@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from helpers import PYTHON, max_overlap, python_env, read_intervals, unique_name
+from kernel_attack import as_user
 from procthrottle import ProcessSemaphore
 
 CLI = [PYTHON, "-m", "procthrottle"]
@@ -506,3 +507,52 @@ def test_list_shows_a_name_whose_creator_died_before_finishing_it(
     assert ours[0]["free"] == 1
     sem.release()
     sem.close()
+
+
+@pytest.mark.parametrize("crash_safe", [True, False])
+def test_another_users_name_is_named_as_such(
+    other_user: int, name: str, crash_safe: bool
+) -> None:
+    """`status` and `unlink` of a name another user owns say whose it is (and change nothing)
+    instead of "no such name" or an unexpected error."""
+    import contextlib
+    import io
+
+    from procthrottle._cli import _names, main
+
+    sem = ProcessSemaphore(1, name=name, crash_safe=crash_safe)  # root's, owner-only
+    # The child runs this interpreter as the other user, who cannot read /root where it (and
+    # its standard library) lives here: whatever the CLI imports is imported now.
+    with contextlib.redirect_stdout(io.StringIO()):
+        main(["status", name])
+    assert _names.owner_of(name) is None  # root's own: not another user's
+    read_end, write_end = os.pipe()  # the child cannot reach tmp_path (under /tmp/pytest-of-root)
+    try:
+        # the CLI's own main() in a child that became the other user (our interpreter lives
+        # under /root, which that user cannot run)
+        as_user(
+            other_user,
+            f"""
+            import contextlib, io, json, os
+            from procthrottle._cli import main
+            results = []
+            for command in ("status", "unlink"):
+                err = io.StringIO()
+                with contextlib.redirect_stderr(err):
+                    code = main([command, {name!r}])
+                results.append((code, err.getvalue()))
+            os.write({write_end}, json.dumps(results).encode())
+            """,
+        )
+        os.close(write_end)
+        with os.fdopen(read_end) as pipe:
+            results = json.loads(pipe.read())
+        for code, err in results:
+            assert code == 1, err
+            assert "belongs to another user (uid 0)" in err
+            no_traceback(err)
+        assert sem.acquire(timeout=5)  # still there, still working
+        sem.release()
+    finally:
+        sem.unlink()
+        sem.close()

@@ -125,8 +125,7 @@ def _status(name: str, *, as_json: bool) -> int:
     found = _names.describe(name)
     rate = _names.describe_rate(name)
     if not found and rate is None:
-        raise CliError(f"no semaphore or rate limiter named {name!r} on this host",
-                       EXIT_NOT_FOUND_NAME)
+        raise _not_found(name)
     for info in found:
         print(json.dumps(_as_dict(info)) if as_json else _line(info))
     if rate is not None:
@@ -189,10 +188,22 @@ def _list(*, as_json: bool) -> int:
 
 def _unlink(name: str) -> int:
     if not _names.unlink(name):
-        raise CliError(f"no semaphore or rate limiter named {name!r} on this host",
-                       EXIT_NOT_FOUND_NAME)
+        raise _not_found(name)
     print(f"removed {name}")
     return 0
+
+
+def _not_found(name: str) -> CliError:
+    """No such name of this user: say so, or whose it is if another user's."""
+    owner = _names.owner_of(name)
+    if owner is not None:
+        return CliError(
+            f"{name!r} belongs to another user (uid {owner}); procthrottle shows and removes "
+            "only your own names",
+            EXIT_NOT_FOUND_NAME,
+        )
+    return CliError(f"no semaphore or rate limiter named {name!r} on this host",
+                    EXIT_NOT_FOUND_NAME)
 
 
 def _say(line: str) -> None:

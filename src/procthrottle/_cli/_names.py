@@ -113,6 +113,15 @@ def list_rates() -> list[RateInfo]:
     return _inventory.list_rate_limiters()
 
 
+def owner_of(name: str) -> int | None:
+    """The uid of another user owning NAME (a semaphore or rate limiter), if one does."""
+    if sys.platform == "win32":  # pragma: no cover
+        return None
+    from .._kernel import _inventory
+
+    return _inventory.owner_of(name)
+
+
 def unlink(name: str) -> bool:
     """Remove NAME under every kernel (half-made ones too); False if it existed under none."""
     if sys.platform == "win32":  # pragma: no cover

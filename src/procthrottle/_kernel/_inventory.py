@@ -6,6 +6,7 @@ checked against the kernel, so a name removed by other means is simply not liste
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from . import _libc, _naming, _posix, _registry
@@ -116,6 +117,27 @@ def unlink_any(name: str, *, crash_safe: bool | None = None) -> bool:
     if crash_safe is not True:
         removed = _posix.unlink_named(name) or removed
     return removed
+
+
+def owner_of(name: str) -> int | None:
+    """The uid of another user owning a semaphore or rate limiter of this name, if one does.
+
+    `status`, `list` and `unlink` see only this user's objects; this tells the CLI why a
+    name it cannot see still exists (Linux: from ``/proc`` and ``/dev/shm``).
+    """
+    me = os.geteuid()
+    keys = {_naming.key(name), _naming.rate_key(name)}
+    for info in _libc.listing():
+        if info.key in keys and info.uid != me:
+            return info.uid
+    for os_name in _posix.os_names(name):
+        try:
+            uid = os.stat(f"/dev/shm/sem.{os_name[1:]}").st_uid
+        except OSError:
+            continue
+        if uid != me:
+            return uid
+    return None
 
 
 def rate_info(name: str) -> RateInfo | None:

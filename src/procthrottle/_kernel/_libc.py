@@ -99,7 +99,8 @@ def create_empty(key: int, nsems: int, mode: int) -> int | None:
 
 
 class SetInfo(NamedTuple):
-    """One line of ``/proc/sysvipc/sem``: a set's id, size, owner, creator, group, mode, age."""
+    """One line of ``/proc/sysvipc/sem``: a set's id, size, owner, creator, group, mode, age
+    and key."""
 
     semid: int
     nsems: int
@@ -108,6 +109,7 @@ class SetInfo(NamedTuple):
     gid: int
     mode: int
     ctime: int
+    key: int
 
 
 def listing() -> list[SetInfo]:
@@ -120,7 +122,7 @@ def listing() -> list[SetInfo]:
     for line in lines:
         fields = line.split()
         try:
-            columns = (1, 3, 4, 6, 5, 2, 9)  # perms (2) is octal
+            columns = (1, 3, 4, 6, 5, 2, 9, 0)  # perms (2) is octal
             found.append(SetInfo(*(int(fields[i], 8 if i == 2 else 10) for i in columns)))
         except (IndexError, ValueError):  # pragma: no cover - another format
             continue

@@ -38,7 +38,7 @@ def _path(os_name: str) -> str | None:
 def _unlink(os_name: str) -> bool:
     try:
         sem_unlink(os_name)
-    except FileNotFoundError:
+    except (FileNotFoundError, PermissionError):  # none, or another user's (sticky /dev/shm)
         return False
     return True
 
