@@ -556,3 +556,11 @@ def test_another_users_name_is_named_as_such(
     finally:
         sem.unlink()
         sem.close()
+
+
+def test_rate_with_a_name_too_long_for_its_rate_limiter_makes_nothing() -> None:
+    name = "a" * 200  # a valid semaphore name, but NAME.rate is 205 characters
+    out = cli("run", "--name", name, "--limit", "1", "--rate", "5/s", "--", "true")
+    assert out.returncode == 2
+    assert "at most 195 characters with --rate" in out.stderr
+    assert cli("status", name).returncode == 1  # no semaphore was made either

@@ -86,9 +86,10 @@ def _run(
     deadline = None if timeout is None or math.isinf(timeout) else time.monotonic() + timeout
     # --rate alone throttles by rate only; otherwise NAME's semaphore (created with --limit, or
     # joined as it exists) bounds how many commands run at once.
+    # The rate limiter first: a bad rate, or a NAME too long for its NAME.rate, makes nothing.
+    limiter = None if rate is None else _names.rate_limiter(name, rate)
     sem = None if rate is not None and limit is None else _names.open_semaphore(
         name, limit, crash_safe=crash_safe)
-    limiter = None if rate is None else _names.rate_limiter(name, rate)
     try:
         if sem is not None:
             try:

@@ -63,8 +63,16 @@ def rate_name(name: str) -> str:
 
 def rate_limiter(name: str, rate: str) -> Limiter:
     """The host-wide rate limiter ``NAME.rate`` admitting ``rate`` (``"10/s"``) for ``run``."""
+    from .._kernel._validate import MAX_NAME_LENGTH
     from .._rate import RateLimiter
 
+    if len(rate_name(name)) > MAX_NAME_LENGTH:
+        longest = MAX_NAME_LENGTH - len(rate_name(""))
+        raise CliError(
+            f"--rate: NAME can be at most {longest} characters with --rate (its rate limiter "
+            f"is NAME.rate), not {len(name)}",
+            EXIT_USAGE,
+        )
     try:
         return RateLimiter(rate, name=rate_name(name))
     except (ValueError, TypeError) as exc:  # a bad rate, or the name exists with other rates
