@@ -21,11 +21,16 @@ pytestmark = pytest.mark.anyio
 
 def hold(name: str, seconds: float) -> subprocess.Popen[str]:
     """An unrelated process holding the one permit of a named semaphore for a while."""
+    return hold_any(name, seconds, True)
+
+
+def hold_any(name: str, seconds: float, crash_safe: bool) -> subprocess.Popen[str]:
+    """`hold`, with either kernel."""
     script = textwrap.dedent(
         f"""
         import time
         from procthrottle import ProcessSemaphore
-        sem = ProcessSemaphore(1, name={name!r})
+        sem = ProcessSemaphore(1, name={name!r}, crash_safe={crash_safe})
         assert sem.acquire(timeout=10)
         print("held", flush=True)
         time.sleep({seconds})
@@ -129,6 +134,46 @@ async def test_tasks_waiting_for_a_permit_held_here_hear_of_close_and_unlink(
     else:
         assert len(outcomes) == 3
         assert all(isinstance(o, SemaphoreClosedError) for o in outcomes), outcomes
+
+
+@pytest.mark.parametrize("crash_safe", [True, False])
+async def test_close_reaches_tasks_waiting_in_the_kernel_at_once(crash_safe: bool) -> None:
+    """Another process holds the permit for a while: closing the semaphore here must not leave
+    the task waiting until that process releases. (The waiter thread stays in the kernel until
+    the permit comes, gives it straight back, and leaves.)"""
+    name = unique_name()
+    sem = ProcessSemaphore(1, name=name, crash_safe=crash_safe)
+    asem = AsyncSemaphore(sem)
+    threads_before = waiter_threads()
+    child = hold_any(name, 3, crash_safe)
+    try:
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                outcome: list[BaseException] = []
+
+                async def user() -> None:
+                    try:
+                        await asem.acquire()
+                    except SemaphoreClosedError as exc:
+                        outcome.append(exc)
+
+                tg.start_soon(user)
+                await anyio.sleep(0.2)
+                assert asem._debug_state()["queue"] == 1
+                closed_at = time.monotonic()
+                sem.close()
+        assert len(outcome) == 1
+        assert time.monotonic() - closed_at < 2
+        assert child.wait(30) == 0  # it released: the waiter thread got the permit ...
+        with anyio.fail_after(10):
+            while waiter_threads() > threads_before:  # ... gave it back, and left
+                await anyio.sleep(0.05)
+        reopened = ProcessSemaphore.open(name, crash_safe=crash_safe)
+        assert reopened.value == 1
+        reopened.unlink()
+        reopened.close()
+    finally:
+        reap(child)
 
 
 @pytest.fixture

@@ -21,6 +21,7 @@ thread at most waits in the kernel for this process.
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import weakref
@@ -30,6 +31,7 @@ from typing import Any, SupportsIndex
 import anyio
 
 from .._exceptions import SemaphoreClosedError
+from .._kernel._semaphore import ProcessSemaphore, on_close
 from ._kernel_peek import kernel_waiters_counter
 from ._waiter_thread import WaiterThread
 from ._wakeup import FAILED, GONE, GRANTED, WAITING, Waiter, new_waiter
@@ -61,6 +63,8 @@ class Core(WaiterThread):
         #: kernel can tell (None: it cannot, so permits always go back to the kernel).
         self.blocked = kernel_waiters_counter(sem)
         self.reset()
+        if isinstance(sem, ProcessSemaphore):  # a task waiting in the kernel queue must not
+            on_close(sem, functools.partial(_closed, weakref.ref(self)))  # outwait a close()
 
     def reset(self) -> None:
         """Fresh state (also in a forked child, where no thread survived)."""
@@ -279,6 +283,17 @@ class Core(WaiterThread):
         with anyio.move_on_after(timeout):
             return await self.acquire_slow(slot)
         return 0  # timed out (the caller's own cancellation propagates instead)
+
+
+def _closed(ref: weakref.ref[Core]) -> None:
+    """The semaphore was closed in this process: its tasks in the kernel queue hear it now.
+
+    The waiter thread may stay blocked in the kernel until a permit comes (it gives that back
+    at once); the tasks need not wait for that.
+    """
+    core = ref()
+    if core is not None:
+        core._fail(SemaphoreClosedError("the semaphore was closed in this process"))
 
 
 # By id(): a core holds its semaphore, so the id cannot be reused while the core lives, and

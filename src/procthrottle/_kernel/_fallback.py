@@ -11,7 +11,7 @@ import multiprocessing
 from typing import Any
 
 from .._exceptions import SemaphoreClosedError
-from ._semaphore import ProcessSemaphore, validate
+from ._semaphore import ProcessSemaphore, announce_close, validate
 from ._validate import DEFAULT_MODE, MAX_LIMIT, check_acquire, check_count, check_mode
 
 
@@ -76,6 +76,7 @@ class FallbackSemaphore(ProcessSemaphore):
 
     def close(self) -> None:
         self._closed = True
+        announce_close(self)
 
     def unlink(self) -> None:
         self.close()

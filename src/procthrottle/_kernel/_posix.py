@@ -36,7 +36,7 @@ from ._posix_names import (
     os_names,
     unlink_named,
 )
-from ._semaphore import ProcessSemaphore, validate
+from ._semaphore import ProcessSemaphore, announce_close, validate
 from ._validate import (
     DEFAULT_MODE,
     POSIX_MAX_LIMIT,
@@ -266,6 +266,7 @@ class PosixSemaphore(ProcessSemaphore):
             self._room_acquire = self._room_release = _closed
             self._close_hot_path()
             self._finalizer()
+            announce_close(self)
 
     def unlink(self) -> None:
         if self._name is not None:

@@ -3,11 +3,30 @@
 from __future__ import annotations
 
 import sys
+import weakref
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any, NoReturn
 
 from .._typing import Self
 from ._validate import DEFAULT_MODE, check_limit, check_name
+
+#: Who wants to hear that a semaphore was closed in this process (the async adapters, whose
+#: tasks may wait for a permit that a closed handle can never give them).
+_close_listeners: weakref.WeakKeyDictionary[Any, list[Callable[[], None]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def on_close(sem: Any, callback: Callable[[], None]) -> None:
+    """Call ``callback()`` once, when ``sem`` is closed (or unlinked) in this process."""
+    _close_listeners.setdefault(sem, []).append(callback)
+
+
+def announce_close(sem: Any) -> None:
+    """For the kernels' ``close()``: tell the listeners of ``sem``, once."""
+    for callback in _close_listeners.pop(sem, ()):
+        callback()
 
 
 class _HoldsPermits:

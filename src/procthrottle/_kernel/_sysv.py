@@ -43,7 +43,7 @@ from ._naming import (
     find_named,
     open_or_create_named,
 )
-from ._semaphore import ProcessSemaphore, validate
+from ._semaphore import ProcessSemaphore, announce_close, validate
 from ._validate import DEFAULT_MODE, MAX_LIMIT, check_acquire, check_count, check_mode
 
 __all__ = ["ANONYMOUS_TAG", "ATTACH", "PERMITS", "SysVSemaphore", "find_named", "unlink_named"]
@@ -354,6 +354,7 @@ class SysVSemaphore(ProcessSemaphore):
         _handles.discard(self)
         if self._finalizer is not None:  # None: a forked child that never used it
             self._finalizer()
+        announce_close(self)
 
     def unlink(self) -> None:
         if self._name is not None:
