@@ -91,6 +91,26 @@ def test_unreachable_redis() -> None:
         RedisRateLimiter(f"redis://:secret@127.0.0.1:{free_port()}/0", "x", 10)
 
 
+def test_other_rates_are_refused_when_made_not_when_used(url: str, name: str) -> None:
+    first = RedisRateLimiter(url, name, "10/s")  # nothing acquired yet: its rates are stored
+    with pytest.raises(ValueError, match="already exists in Redis"):
+        RedisRateLimiter(url, name, "1/min")
+    assert first.acquire(block=False)
+    first.unlink()
+
+
+@pytest.mark.anyio
+async def test_async_limiter_is_made_without_calling_redis() -> None:
+    """Made on the event loop's thread, it must not talk to Redis there: with no server at
+    all, making it succeeds at once, and only the first acquisition says Redis is missing."""
+    start = time.monotonic()
+    limiter = AsyncRedisRateLimiter(f"redis://127.0.0.1:{free_port()}/0", "x", 10)
+    assert time.monotonic() - start < 0.5
+    with pytest.raises(RedisUnavailableError):
+        await limiter.acquire()
+    await limiter.aclose()
+
+
 def test_interrupted_wait_gives_the_slot_back(url: str, name: str) -> None:
     limiter = RedisRateLimiter(url, name, 5)
     start = time.monotonic()

@@ -109,6 +109,19 @@ class RedisRateLimiter(RateLimits):
         burst: int = 1,
         extra: Sequence[tuple[float, float] | str] = (),
     ) -> None:
+        self._setup(client_or_url, name, rate, per, burst, extra)
+        self._claim_config()
+
+    def _setup(
+        self,
+        client_or_url: redis.Redis | str,
+        name: str,
+        rate: float | str,
+        per: float,
+        burst: int,
+        extra: Sequence[tuple[float, float] | str],
+    ) -> None:
+        """Everything but talking to Redis."""
         checked = check_name(name)
         if checked is None:
             raise TypeError("name must be a str, not None")
@@ -134,7 +147,16 @@ class RedisRateLimiter(RateLimits):
         self._reserve_script = self._client.register_script(_RESERVE)
         self._give_back_script = self._client.register_script(_GIVE_BACK)
         self._closed = False
+
+    def _claim_config(self) -> None:
+        """Store this limiter's rates under its name unless some are there: other ones raise.
+
+        So two limiters of one name with other rates are refused when made, not at their
+        first acquisitions (each reservation checks again, on the server).
+        """
         try:
+            if self._client.hsetnx(self._key, "cfg", self._config):
+                return
             stored = self._client.hget(self._key, "cfg")
         except redis.RedisError as exc:
             self._unavailable(exc)
@@ -276,7 +298,9 @@ class AsyncRedisRateLimiter(AsyncRateLimiter):
     On asyncio each acquisition is one script call on `redis.asyncio`, awaited on the loop
     (non-blocking I/O, no thread); on trio, where `redis.asyncio` does not run, the call goes
     to one private worker thread. Waiters of one process are served in order and a cancelled
-    waiter gives its reservation back when it can, as with `AsyncRateLimiter`.
+    waiter gives its reservation back when it can, as with `AsyncRateLimiter`. Making one
+    does not call Redis (it may be made on an event loop's thread): a name that exists with
+    other rates is refused by the first acquisition, with `ValueError`.
 
     Args:
         client_or_url: A `redis.Redis` client or a `redis://` URL (an asyncio client is made
@@ -302,7 +326,10 @@ class AsyncRedisRateLimiter(AsyncRateLimiter):
         burst: int = 1,
         extra: Sequence[tuple[float, float] | str] = (),
     ) -> None:
-        sync = RedisRateLimiter(client_or_url, name, rate, per, burst=burst, extra=extra)
+        # No Redis call here, where an event loop may run: the name's rates are checked by
+        # the first reservation (on the server, in the same script).
+        sync = RedisRateLimiter.__new__(RedisRateLimiter)
+        sync._setup(client_or_url, name, rate, per, burst, extra)
         self._adopt(sync)  # type: ignore[arg-type]
         self._aclients: dict[object, tuple[Any, Any, Any]] = {}  # a redis.asyncio client per loop
         self._thread_limiter: anyio.CapacityLimiter | None = None
