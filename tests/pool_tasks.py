@@ -79,6 +79,21 @@ def use_critical_section() -> bool:
         return True
 
 
+def many_sections(seconds: float) -> int:
+    """Enter and leave critical_section() for ``seconds``: a kill lands anywhere in it."""
+    end = time.monotonic() + seconds
+    count = 0
+    while time.monotonic() < end:
+        with critical_section():
+            count += 1
+    return count
+
+
+def nap(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
 # -- failure paths (tests/test_pool_*.py) -------------------------------------------------------
 
 

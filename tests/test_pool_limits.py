@@ -44,6 +44,39 @@ def test_schedule_timeout_stops_the_task_and_replaces_its_worker(
     assert any("timed out" in r.getMessage() for r in caplog.records)
 
 
+def test_workers_killed_anywhere_in_critical_section_leave_the_pool_working() -> None:
+    """Timeouts kill workers at every instant of their sections, permit bookkeeping included:
+    nothing a killed worker held (no lock of its peak count) may stop the others."""
+    with ThrottledProcessPool(2, 2, throttle="section") as pool:
+        killed = [pool.schedule(tasks.many_sections, (0.2,), timeout=0.05) for _ in range(40)]
+        for future in killed:
+            with pytest.raises(TimeoutError):
+                future.result(timeout=30)
+        assert pool.submit(tasks.use_critical_section).result(timeout=30) is True
+        stats = pool.stats()  # it must not block either
+        assert stats["timed_out"] == 40
+        assert 1 <= stats["max_in_section"] <= 2
+        assert pool.semaphore.value == 2
+
+
+def test_a_timeout_kill_never_lands_on_the_next_task() -> None:
+    """Tasks that end right at their timeout: the worker may already have claimed the next
+    task when the pool kills it, which must then not fail (only the late one may)."""
+    with ThrottledProcessPool(1, 1) as pool:
+        pairs = [
+            (
+                pool.schedule(tasks.nap, (0.02,), timeout=0.02),
+                pool.schedule(tasks.nap, (0.001,), timeout=30),
+            )
+            for _ in range(150)
+        ]
+        for borderline, innocent in pairs:
+            assert innocent.result(timeout=60) == 0.001
+            with contextlib.suppress(TimeoutError):
+                borderline.result(timeout=60)
+        assert pool.stats()["crashed"] == 0
+
+
 def test_pool_task_timeout_applies_to_submit_and_map() -> None:
     with ThrottledProcessPool(1, 1, task_timeout=0.3) as pool:
         with pytest.raises(TimeoutError):

@@ -33,6 +33,7 @@ from ._records import (
     resolve,
 )
 from ._traffic import Traffic
+from ._worker import PEAK
 
 
 class Engine(Traffic, Lifecycle):
@@ -59,7 +60,7 @@ class Engine(Traffic, Lifecycle):
         self.initializer, self.initargs = initializer, initargs
         self.max_tasks = max_tasks
         self.rate = rate
-        self.peak = context.Value("i", 0)
+        self.peak = 0  # the most holders seen by workers that left (the others: their PEAK)
         self.lock = threading.RLock()
         self.queue: deque[Task] = deque()
         self.workers: list[Worker] = []
@@ -179,7 +180,10 @@ class Engine(Traffic, Lifecycle):
             counts["in_section"] = self.semaphore.limit - self.semaphore.value
         except Exception:  # closed after shutdown
             counts["in_section"] = 0
-        counts["max_in_section"] = self.peak.value
+        with self.lock:
+            counts["max_in_section"] = max(
+                [self.peak, *(int(w.shared[PEAK]) for w in self.workers)]
+            )
         return counts
 
     def request_stop(self) -> None:

@@ -28,7 +28,7 @@ from ._records import (
     logger,
     resolve,
 )
-from ._worker import RING, RING_SIZE
+from ._worker import PEAK, RING, RING_SIZE
 
 try:
     import fcntl
@@ -57,7 +57,6 @@ class Lifecycle(EngineState):
             initializer=self.initializer,
             lock=lock,
             max_tasks=self.max_tasks,
-            peak=self.peak,
             rate=self.rate,
             results=result_w,
             section_mode=self.section_mode,
@@ -194,6 +193,7 @@ class Lifecycle(EngineState):
         worker.task_fd = worker.result_fd = -1  # their numbers are free for new descriptors
         if worker in self.workers:
             self.workers.remove(worker)
+            self.peak = max(self.peak, int(worker.shared[PEAK]))  # what it saw outlives it
 
     def _stop_workers(self, kill: bool) -> None:
         """Close every task pipe (the workers see EOF and exit), then reap them."""

@@ -131,7 +131,7 @@ class EngineState:
     initargs: tuple[Any, ...]
     max_tasks: int | None
     rate: Any
-    peak: Any
+    peak: int
     lock: threading.RLock
     queue: deque[Task]
     workers: list[Worker]

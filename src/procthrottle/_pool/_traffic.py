@@ -61,6 +61,24 @@ class Traffic(EngineState):
             task.worker = None
         return revoked
 
+    def _kill_running(self, worker: Worker, seq: int) -> bool:
+        """SIGKILL ``worker`` if it still runs task ``seq``. Under its claim lock, so that it
+        cannot claim its next task between the look and the kill (that task would die too)."""
+        locked = False
+        while not (locked := worker.lock.acquire(timeout=0.05)):
+            if not worker.process.is_alive():  # it died holding the lock: claims stopped
+                break
+        try:
+            if worker.claimed() != seq:  # it finished in time after all: nothing to kill
+                return False
+            worker.timed_out = seq
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(worker.pid, signal.SIGKILL)
+            return True
+        finally:
+            if locked:
+                worker.lock.release()
+
     def _depth(self) -> int:
         if self.average is None:
             return MIN_DEPTH
@@ -323,15 +341,13 @@ class Traffic(EngineState):
             if task is not None and task.timeout is not None:
                 left = task.timeout - (now - worker.shared[STARTED_NS]) / 1e9
                 if left <= 0:
-                    worker.timed_out = claimed
-                    logger.warning(
-                        "procthrottle: a task timed out after %g s; killing its worker "
-                        "process %d (a new one replaces it)",
-                        task.timeout,
-                        worker.pid,
-                    )
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(worker.pid, signal.SIGKILL)
+                    if self._kill_running(worker, claimed):
+                        logger.warning(
+                            "procthrottle: a task timed out after %g s; killed its worker "
+                            "process %d (a new one replaces it)",
+                            task.timeout,
+                            worker.pid,
+                        )
                     continue
                 soonest = earliest(soonest, left)
             elif any(t.timeout is not None for t in worker.inflight.values()):

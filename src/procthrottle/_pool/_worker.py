@@ -24,8 +24,10 @@ from typing import Any
 from .._kernel._semaphore import ProcessSemaphore
 from . import _wire
 
-#: Shared array layout: [claimed seq, claim time (monotonic ns), revoked ring...]
-CLAIMED, STARTED_NS, RING = 0, 1, 2
+#: Shared array layout: [claimed seq, claim time (monotonic ns), peak holders seen, revoked
+#: ring...]. One per worker, written without a lock (each word has one writer, or the claim
+#: lock): a worker killed at any instant leaves nothing locked that others wait for.
+CLAIMED, STARTED_NS, PEAK, RING = 0, 1, 2, 3
 #: Slots in the revoked ring; the parent keeps every worker's unclaimed seqs within this span.
 RING_SIZE = 1024
 #: How often (seconds) a task waiting for its turn under `rate=` looks whether it was cancelled.
@@ -45,7 +47,6 @@ class WorkerBoot:
         "initializer",
         "lock",
         "max_tasks",
-        "peak",
         "rate",
         "results",
         "section_mode",
@@ -58,12 +59,11 @@ class WorkerBoot:
     initializer: Callable[..., object] | None
     lock: Any
     max_tasks: int | None
-    peak: Any
     rate: Any
     results: Any  # multiprocessing Connection, write end
     section_mode: bool
     semaphore: ProcessSemaphore
-    shared: Any  # RawArray("q"): CLAIMED, STARTED_NS, revoked ring
+    shared: Any  # RawArray("q"): CLAIMED, STARTED_NS, PEAK, revoked ring
     tasks: Any  # multiprocessing Connection, read end
 
     def __init__(self, **fields: Any) -> None:
@@ -81,14 +81,14 @@ class WorkerBoot:
 class WorkerState:
     """This worker's view of its pool, for critical_section()."""
 
-    __slots__ = ("peak", "rate", "section_mode", "semaphore")
+    __slots__ = ("rate", "section_mode", "semaphore", "shared")
 
     def __init__(
-        self, semaphore: ProcessSemaphore, peak: Any, section_mode: bool, rate: Any
+        self, semaphore: ProcessSemaphore, shared: Any, section_mode: bool, rate: Any
     ) -> None:
-        self.semaphore, self.peak, self.section_mode, self.rate = (
+        self.semaphore, self.shared, self.section_mode, self.rate = (
             semaphore,
-            peak,
+            shared,
             section_mode,
             rate,
         )
@@ -123,14 +123,14 @@ class WorkerState:
         return True
 
     def take(self) -> None:
-        """Take a permit and record the peak number of holders seen."""
-        sem, peak = self.semaphore, self.peak
+        """Take a permit and record the peak number of holders seen (by this worker)."""
+        sem, shared = self.semaphore, self.shared
         sem.acquire()
-        if peak.value < sem.limit:  # once the peak is the limit, it can't grow: skip the read
-            held = sem.limit - sem.value
-            if held > peak.value:
-                with peak.get_lock():
-                    peak.value = max(peak.value, held)
+        limit = sem.limit
+        if shared[PEAK] < limit:  # once the peak is the limit, it can't grow: skip the read
+            held = limit - sem.value
+            if held > shared[PEAK]:
+                shared[PEAK] = held
 
 
 _state: WorkerState | None = None
@@ -165,7 +165,7 @@ def _serve(boot: WorkerBoot) -> None:
             os.close(fd)
     out = boot.results.fileno()
     reader = _wire.FrameReader(boot.tasks.fileno())
-    state = _state = WorkerState(boot.semaphore, boot.peak, boot.section_mode, boot.rate)
+    state = _state = WorkerState(boot.semaphore, boot.shared, boot.section_mode, boot.rate)
     try:
         if boot.initializer is not None:
             boot.initializer(*boot.initargs)
