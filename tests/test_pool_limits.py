@@ -110,6 +110,26 @@ def test_failing_initializer_breaks_the_pool_at_once(caplog: pytest.LogCaptureFi
     assert len(errors) == 1  # reported once, not per worker
 
 
+def test_workers_killed_while_starting_are_replaced() -> None:
+    """One SIGKILL per worker while they start (as from the OOM killer) is not a broken pool."""
+    spawn = multiprocessing.get_context("spawn")
+    with ThrottledProcessPool(3, 3, mp_context=spawn) as pool:
+        futures = [pool.submit(tasks.square, i) for i in range(10)]
+        for child in multiprocessing.active_children():
+            child.kill()
+        assert [f.result(timeout=60) for f in futures] == [i * i for i in range(10)]
+
+
+def test_workers_that_never_get_ready_break_the_pool() -> None:
+    """Every start failing (here the initializer exits at once) breaks the pool, with why."""
+    pool = ThrottledProcessPool(2, 2, initializer=tasks.exit_abruptly, initargs=(3,))
+    future = pool.submit(tasks.square, 2)
+    with pytest.raises(BrokenProcessPool, match=r"died 6 times in a row .*exited with code 3"):
+        future.result(timeout=60)
+    assert pool.stats()["workers_started"] == 2 + 5  # each failure but the last starts one
+    pool.shutdown()
+
+
 def test_a_semaphore_that_is_not_crash_safe_is_refused() -> None:
     sem = ProcessSemaphore(2, crash_safe=False)
     try:

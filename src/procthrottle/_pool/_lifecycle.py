@@ -141,7 +141,9 @@ class Lifecycle(EngineState):
             broken = BrokenProcessPool(NO_MAIN_GUARD)
         else:
             self.start_failures += 1
-            if self.start_failures < MAX_START_FAILURES:
+            # Per worker slot on average: a few workers killed while starting (the OOM killer)
+            # is no reason to give up; every start failing, over and over, is.
+            if self.start_failures < MAX_START_FAILURES * self.size:
                 logger.warning(
                     "procthrottle: worker process %d %s before it was ready; starting another",
                     worker.pid,

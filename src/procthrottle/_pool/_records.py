@@ -30,7 +30,8 @@ MIN_DEPTH, MAX_DEPTH = 2, 256
 MAX_BYTES_AHEAD = 4 << 20
 #: An idle worker takes queued tasks from a busy one whose current task has run this long.
 STEAL_AFTER = 0.002
-#: Workers that die before they are ready this many times in a row break the pool.
+#: Workers that die before they are ready this many times in a row (per worker slot) break
+#: the pool.
 MAX_START_FAILURES = 3
 PIPE_SIZE = 1 << 20
 #: Pickled tasks smaller than this are copied into one buffer per write; larger ones are
