@@ -166,6 +166,15 @@ def raise_unpicklable_error() -> None:
     raise UnpicklableError("holds a lock")
 
 
+class ExitsWhenPickled(Exception):
+    def __reduce__(self) -> tuple[object, ...]:
+        raise SystemExit("no pickling this")
+
+
+def raise_error_that_exits_when_pickled() -> None:
+    raise ExitsWhenPickled("mine")
+
+
 def failing_init(message: str) -> None:
     raise ValueError(message)
 

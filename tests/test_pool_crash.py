@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import pickle
 from concurrent.futures import Future
 from concurrent.futures.process import BrokenProcessPool, _RemoteTraceback
 from pathlib import Path
@@ -147,6 +148,18 @@ def test_an_exception_that_cannot_be_pickled_fails_with_the_pickling_error() -> 
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
+
+
+def test_an_exception_whose_pickling_raises_system_exit_spares_the_worker() -> None:
+    with ThrottledProcessPool(1, 1) as pool:
+        exc = pool.submit(tasks.raise_error_that_exits_when_pickled).exception(timeout=30)
+        assert isinstance(exc, pickle.PicklingError), repr(exc)  # not a SystemExit to raise
+        assert "raised SystemExit: no pickling this" in str(exc)
+        assert "ExitsWhenPickled" in str(exc.__cause__)
+        assert pool.submit(tasks.square, 3).result(timeout=30) == 9
+        stats = pool.stats()
+        assert stats["crashed"] == 0
+        assert stats["workers_started"] == 1
 
 
 def test_task_errors_chain_the_remote_traceback_like_ppe() -> None:

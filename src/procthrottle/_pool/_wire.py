@@ -135,7 +135,14 @@ def encode_error(exc: BaseException) -> bytes:
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     try:
         blob: bytes | None = pickle.dumps(exc, PROTOCOL)
-    except Exception as problem:  # the exception itself cannot travel: send why, as PPE does
+    except BaseException as raised:  # it cannot travel (its __reduce__ may even raise
+        # SystemExit): send why, as PPE does, rather than let the worker die of it
+        problem: BaseException = raised
+        if not isinstance(raised, Exception):  # never hand the caller a SystemExit to raise
+            problem = pickle.PicklingError(
+                f"pickling it raised {type(raised).__name__}: {_text(raised)}"
+            )
+            problem.__traceback__ = raised.__traceback__
         add_note(
             problem,
             f"procthrottle: the task raised {_describe(exc)}, which cannot be pickled back to "
@@ -146,7 +153,7 @@ def encode_error(exc: BaseException) -> bytes:
         )
         try:
             blob = pickle.dumps(problem, PROTOCOL)
-        except Exception:  # pragma: no cover - a pickling error that does not pickle
+        except BaseException:  # pragma: no cover - a pickling error that does not pickle
             blob = None
         exc = problem
     return pickle.dumps((blob, _qualname(exc), _text(exc), tb), PROTOCOL)
