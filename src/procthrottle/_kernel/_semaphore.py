@@ -151,7 +151,7 @@ class ProcessSemaphore(_HoldsPermits):
         Args:
             block: False: return at once if no permit is free.
             timeout: Seconds to wait at most (None or `inf`: forever; negative: do not
-                wait). Must not be given with `block=False`.
+                wait). Checked but ignored with `block=False`, as by multiprocessing.
 
         Returns:
             True when a permit was taken, False when none came.
@@ -159,7 +159,7 @@ class ProcessSemaphore(_HoldsPermits):
         Raises:
             SemaphoreClosedError: The handle was closed (nothing is taken), or the
                 semaphore was unlinked.
-            ValueError: `timeout` is NaN, or given with `block=False`.
+            ValueError: `timeout` is NaN.
             TypeError: `timeout` is not a number.
         """
         raise NotImplementedError  # pragma: no cover
