@@ -129,12 +129,11 @@ def _stopped(pid: int) -> None:
         time.sleep(0.01)
 
 
-@pytest.mark.parametrize("fate", ["stalled", "killed"])
-def test_stalled_or_killed_creator_delays_nobody_and_makes_no_second_set(
-    fate: str, named: str
-) -> None:
+@contextlib.contextmanager
+def stalled_creator(name: str, burst: int) -> Iterator[subprocess.Popen[str]]:
+    """A process creating the limiter ``name``, stopped right after its ``semget``."""
     creator = subprocess.Popen(
-        [PYTHON, "-c", textwrap.dedent(STALLED_CREATOR), named, "1"],
+        [PYTHON, "-c", textwrap.dedent(STALLED_CREATOR), name, str(burst)],
         env=python_env(),
         stdout=subprocess.PIPE,
         text=True,
@@ -143,6 +142,20 @@ def test_stalled_or_killed_creator_delays_nobody_and_makes_no_second_set(
         assert creator.stdout is not None
         assert creator.stdout.readline().strip() == "created"
         _stopped(creator.pid)
+        yield creator
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(creator.pid, signal.SIGKILL)
+        creator.wait(10)
+        if creator.stdout is not None:
+            creator.stdout.close()
+
+
+@pytest.mark.parametrize("fate", ["stalled", "killed"])
+def test_stalled_or_killed_creator_delays_nobody_and_makes_no_second_set(
+    fate: str, named: str
+) -> None:
+    with stalled_creator(named, 1) as creator:
         if fate == "killed":
             creator.kill()
             creator.wait(10)
@@ -165,27 +178,12 @@ def test_stalled_or_killed_creator_delays_nobody_and_makes_no_second_set(
         again.close()
         limiter.unlink()
         assert sets_with_key(_naming.rate_key(named)) == []
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(creator.pid, signal.SIGKILL)
-        creator.wait(10)
-        if creator.stdout is not None:
-            creator.stdout.close()
 
 
 def test_stalled_creator_of_other_rates_is_refused_when_it_resumes(named: str) -> None:
     """Its set was finished meanwhile by an opener with other rates: the creator must not use
     it as if it held its own (it would run at a rate nobody else keeps)."""
-    creator = subprocess.Popen(
-        [PYTHON, "-c", textwrap.dedent(STALLED_CREATOR), named, "2"],  # burst 2
-        env=python_env(),
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert creator.stdout is not None
-        assert creator.stdout.readline().strip() == "created"
-        _stopped(creator.pid)
+    with stalled_creator(named, 2) as creator:
         limiter = RateLimiter(1, per=60, name=named)  # burst 1: finishes the set its way
         os.kill(creator.pid, signal.SIGCONT)
         out, _ = creator.communicate(timeout=30)
@@ -193,12 +191,6 @@ def test_stalled_creator_of_other_rates_is_refused_when_it_resumes(named: str) -
         assert "already exists" in out
         assert sets_with_key(_naming.rate_key(named)) == [limiter._store.semid]
         limiter.unlink()
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(creator.pid, signal.SIGKILL)
-        creator.wait(10)
-        if creator.stdout is not None:
-            creator.stdout.close()
 
 
 def test_half_made_sets_are_finished_or_unlinkable(named: str) -> None:
