@@ -398,3 +398,18 @@ def test_a_waiter_thread_blocked_in_the_kernel_never_keeps_the_process_alive() -
     sem.release()
     assert sem.value == 1  # the exited process took no permit with it
     sem.unlink()
+
+
+def test_adapters_made_and_dropped_leave_one_close_listener() -> None:
+    """A program may wrap a semaphore anew per request: its close() listeners must not grow."""
+    import gc
+
+    from procthrottle._kernel import _semaphore
+
+    sem = ProcessSemaphore(1)
+    for _ in range(50):
+        AsyncSemaphore(sem)
+        gc.collect()
+    assert len(_semaphore._close_listeners[sem]) == 1
+    sem.close()
+    assert sem not in _semaphore._close_listeners

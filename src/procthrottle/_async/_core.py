@@ -63,8 +63,6 @@ class Core(WaiterThread):
         #: kernel can tell (None: it cannot, so permits always go back to the kernel).
         self.blocked = kernel_waiters_counter(sem)
         self.reset()
-        if isinstance(sem, ProcessSemaphore):  # a task waiting in the kernel queue must not
-            on_close(sem, functools.partial(_closed, weakref.ref(self)))  # outwait a close()
 
     def reset(self) -> None:
         """Fresh state (also in a forked child, where no thread survived)."""
@@ -285,13 +283,13 @@ class Core(WaiterThread):
         return 0  # timed out (the caller's own cancellation propagates instead)
 
 
-def _closed(ref: weakref.ref[Core]) -> None:
+def _closed(key: int) -> None:
     """The semaphore was closed in this process: its tasks in the kernel queue hear it now.
 
     The waiter thread may stay blocked in the kernel until a permit comes (it gives that back
     at once); the tasks need not wait for that.
     """
-    core = ref()
+    core = _cores.get(key)  # the semaphore is alive (it is closing): its id is still its own
     if core is not None:
         core._fail(SemaphoreClosedError("the semaphore was closed in this process"))
 
@@ -300,6 +298,8 @@ def _closed(ref: weakref.ref[Core]) -> None:
 # the core lives as long as an adapter (or its thread) uses it.
 _cores: weakref.WeakValueDictionary[int, Core] = weakref.WeakValueDictionary()
 _cores_lock = threading.Lock()
+#: Semaphores whose close() the cores listen for: once each, however many cores come and go.
+_listening: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
 def core_for(sem: Any, limit: int | None) -> Core:
@@ -309,6 +309,10 @@ def core_for(sem: Any, limit: int | None) -> Core:
         if core is None:
             offload = bool(getattr(sem, "_procthrottle_offload", False))
             core = _cores[id(sem)] = Core(sem, limit, offload=offload)
+            # a task waiting in the kernel queue must not outwait a close()
+            if isinstance(sem, ProcessSemaphore) and sem not in _listening:
+                _listening.add(sem)
+                on_close(sem, functools.partial(_closed, id(sem)))
         return core
 
 
