@@ -105,7 +105,50 @@ def _describe(client: redis.Redis) -> str:
     return f"redis://{host}:{port}/{kwargs.get('db', 0)}"
 
 
-class RedisSemaphore(_HoldsPermits):
+class RedisConnection:
+    """What a Redis semaphore or rate limiter knows of its server: the client (made from a URL,
+    or given), where it is (with no password, for messages and reprs), and how to reach it
+    again from another process."""
+
+    _url: str | None
+    _where: str
+    _client: redis.Redis
+    _owns_client: bool
+
+    def _connect(self, client_or_url: redis.Redis | str) -> None:
+        if isinstance(client_or_url, str):
+            self._url = client_or_url
+            self._where = redact(client_or_url)
+            self._client = redis.Redis.from_url(client_or_url)
+            self._owns_client = True
+        elif isinstance(client_or_url, redis.Redis):
+            self._url, self._client, self._owns_client = None, client_or_url, False
+            self._where = _describe(client_or_url)
+        else:
+            raise TypeError(
+                "client_or_url must be a redis.Redis client or a redis:// URL, "
+                f"not {type(client_or_url).__name__}"
+            )
+
+    def _reachable_as(self) -> str | dict[str, Any]:
+        """The URL, or the client's plain settings: a picklable way to reach the server."""
+        return self._url if self._url is not None else client_settings(self._client)
+
+    def _unavailable(self, exc: BaseException) -> NoReturn:
+        if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
+            raise RedisUnavailableError(
+                f"cannot reach Redis at {self._where} ({type(exc).__name__}: {exc}); is "
+                "redis-server running there, and is the URL right? Nothing was changed"
+            ) from None
+        raise exc
+
+
+def client_from(where: str | dict[str, Any]) -> redis.Redis | str:
+    """The other end of `RedisConnection._reachable_as`."""
+    return where if isinstance(where, str) else redis.Redis(**where)
+
+
+class RedisSemaphore(_HoldsPermits, RedisConnection):
     """A semaphore shared through Redis by every process, on any machine, that opens ``name``.
 
     Same interface as `ProcessSemaphore`. Permits are leases: a holder that
@@ -131,19 +174,7 @@ class RedisSemaphore(_HoldsPermits):
         if seconds is None or seconds < 0.1:
             raise ValueError(f"lease must be at least 0.1 seconds, got {lease}")
         self._lease = seconds
-        if isinstance(client_or_url, str):
-            self._url: str | None = client_or_url
-            self._where = redact(client_or_url)
-            self._client = redis.Redis.from_url(client_or_url)
-            self._owns_client = True
-        elif isinstance(client_or_url, redis.Redis):
-            self._url, self._client, self._owns_client = None, client_or_url, False
-            self._where = _describe(client_or_url)
-        else:
-            raise TypeError(
-                "client_or_url must be a redis.Redis client or a redis:// URL, "
-                f"not {type(client_or_url).__name__}"
-            )
+        self._connect(client_or_url)
         tag = "{" + self._name + "}"  # one hash slot for both keys (Redis Cluster)
         self._keys = (f"procthrottle:{tag}:holders", f"procthrottle:{tag}:limit")
         self._acquire_script = self._client.register_script(_ACQUIRE)
@@ -253,11 +284,7 @@ class RedisSemaphore(_HoldsPermits):
     def __reduce__(self) -> tuple[Any, ...]:
         if self._closed:
             raise SemaphoreClosedError("cannot pickle a closed semaphore")
-        if self._url is not None:
-            where: Any = self._url
-        else:
-            where = client_settings(self._client)
-        return (_rebuild, (where, self._name, self._limit, self._lease))
+        return (_rebuild, (self._reachable_as(), self._name, self._limit, self._lease))
 
     # -- internals ---------------------------------------------------------------------------
     def _call(self, script: Any, *args: Any) -> int:
@@ -274,14 +301,6 @@ class RedisSemaphore(_HoldsPermits):
                 f"not {self._limit}; open it with limit={-result}, or unlink it first"
             )
         return result
-
-    def _unavailable(self, exc: BaseException) -> NoReturn:
-        if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
-            raise RedisUnavailableError(
-                f"cannot reach Redis at {self._where} ({type(exc).__name__}: {exc}); is "
-                "redis-server running there, and is the URL right? Nothing was changed"
-            ) from None
-        raise exc
 
     def _raise_closed(self) -> NoReturn:
         raise SemaphoreClosedError(f"the Redis semaphore {self._name!r} was closed")
@@ -317,8 +336,7 @@ class RedisSemaphore(_HoldsPermits):
 
 
 def _rebuild(where: str | dict[str, Any], name: str, limit: int, lease: float) -> RedisSemaphore:
-    client_or_url = where if isinstance(where, str) else redis.Redis(**where)
-    return RedisSemaphore(client_or_url, name, limit, lease=lease)
+    return RedisSemaphore(client_from(where), name, limit, lease=lease)
 
 
 class AsyncRedisSemaphore(AsyncSemaphore):

@@ -24,7 +24,7 @@ from .._kernel._validate import check_name
 from .._rate._async import AsyncRateLimiter
 from .._rate._base import RateLimits, Reservation, max_wait_ns
 from .._rate._parse import check_burst, check_extra, check_n, describe, rate_pair
-from ._redis import RedisUnavailableError, _describe, client_settings, redact
+from ._redis import RedisConnection, client_from, client_settings
 
 # KEYS: the hash. ARGV: config, burst, n, max_wait_us (-1: any), intervals_us...
 # Returns {1, wait_us, old..., new...} when reserved, {0, wait_us} when refused,
@@ -78,7 +78,7 @@ def _intervals_us(pairs: Sequence[tuple[float, float]], burst: int) -> list[int]
     return result
 
 
-class RedisRateLimiter(RateLimits):
+class RedisRateLimiter(RateLimits, RedisConnection):
     """A `RateLimiter` whose state lives in Redis: one rate for every process on any machine.
 
     Same interface as `RateLimiter`. Each acquisition runs one Lua script on the server's
@@ -130,19 +130,7 @@ class RedisRateLimiter(RateLimits):
         self._burst = check_burst(burst)
         self._intervals = _intervals_us(self._pairs, self._burst)
         self._config = f"v1:{self._burst}:" + ",".join(map(str, self._intervals))
-        if isinstance(client_or_url, str):
-            self._url: str | None = client_or_url
-            self._where = redact(client_or_url)
-            self._client = redis.Redis.from_url(client_or_url)
-            self._owns_client = True
-        elif isinstance(client_or_url, redis.Redis):
-            self._url, self._client, self._owns_client = None, client_or_url, False
-            self._where = _describe(client_or_url)
-        else:
-            raise TypeError(
-                "client_or_url must be a redis.Redis client or a redis:// URL, "
-                f"not {type(client_or_url).__name__}"
-            )
+        self._connect(client_or_url)
         self._key = "procthrottle:{" + self._name + "}:rate"
         self._reserve_script = self._client.register_script(_RESERVE)
         self._give_back_script = self._client.register_script(_GIVE_BACK)
@@ -267,19 +255,7 @@ class RedisRateLimiter(RateLimits):
     def __reduce__(self) -> tuple[Any, ...]:
         if self._closed:
             raise SemaphoreClosedError("cannot pickle a closed rate limiter")
-        if self._url is not None:
-            where: Any = self._url
-        else:
-            where = client_settings(self._client)
-        return (_rebuild, (where, self._name, self._pairs, self._burst))
-
-    def _unavailable(self, exc: BaseException) -> NoReturn:
-        if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
-            raise RedisUnavailableError(
-                f"cannot reach Redis at {self._where} ({type(exc).__name__}: {exc}); is "
-                "redis-server running there, and is the URL right? Nothing was changed"
-            ) from None
-        raise exc
+        return (_rebuild, (self._reachable_as(), self._name, self._pairs, self._burst))
 
     def _raise_closed(self) -> NoReturn:
         raise SemaphoreClosedError(f"the Redis rate limiter {self._name!r} was closed")
@@ -288,8 +264,7 @@ class RedisRateLimiter(RateLimits):
 def _rebuild(
     where: str | dict[str, Any], name: str, pairs: list[tuple[float, float]], burst: int
 ) -> RedisRateLimiter:
-    client_or_url = where if isinstance(where, str) else redis.Redis(**where)
-    return RedisRateLimiter(client_or_url, name, *pairs[0], burst=burst, extra=pairs[1:])
+    return RedisRateLimiter(client_from(where), name, *pairs[0], burst=burst, extra=pairs[1:])
 
 
 class AsyncRedisRateLimiter(AsyncRateLimiter):
