@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
@@ -79,3 +80,25 @@ def python_env() -> dict[str, str]:
 
 
 PYTHON = sys.executable
+
+
+async def lag_while(calls: Callable[[], Awaitable[object]]) -> float:
+    """Run ``calls()`` next to a 5 ms ticker; the longest gap between ticks (loop lag)."""
+    import anyio
+
+    worst = 0.0
+
+    async def ticker() -> None:
+        nonlocal worst
+        last = time.monotonic()
+        while True:
+            await anyio.sleep(0.005)
+            now = time.monotonic()
+            worst = max(worst, now - last)
+            last = now
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(ticker)
+        await calls()
+        tg.cancel_scope.cancel()
+    return worst

@@ -20,7 +20,7 @@ import anyio
 import pytest
 
 import pool_tasks as tasks
-from helpers import PYTHON, max_overlap, python_env, unique_name
+from helpers import PYTHON, lag_while, max_overlap, python_env, unique_name
 from procthrottle import ThrottledExecutor
 
 redis = pytest.importorskip("redis")
@@ -235,26 +235,6 @@ async def test_async_redis_semaphore(url: str) -> None:
     await anyio.to_thread.run_sync(inner.unlink)
 
 
-async def _loop_lag(body: Any) -> float:
-    """Run ``body()`` next to a 5 ms ticker; the longest gap between ticks."""
-    worst = 0.0
-
-    async def ticker() -> None:
-        nonlocal worst
-        last = time.monotonic()
-        while True:
-            await anyio.sleep(0.005)
-            now = time.monotonic()
-            worst = max(worst, now - last)
-            last = now
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(ticker)
-        await body()
-        tg.cancel_scope.cancel()
-    return worst
-
-
 @pytest.mark.anyio
 async def test_async_redis_semaphore_never_blocks_the_loop() -> None:
     """A 1.5 s server stall delays the task that waits for Redis, not the event loop."""
@@ -276,7 +256,7 @@ async def test_async_redis_semaphore_never_blocks_the_loop() -> None:
             async with sem:
                 stalled = time.monotonic() - start
 
-        lag = await _loop_lag(uncontended)
+        lag = await lag_while(uncontended)
         assert stalled > 1.0  # the acquire did wait for the stalled server...
         assert lag < 0.3, f"the loop stalled {lag:.2f} s"  # ...but the loop kept running
         inner = sem.semaphore

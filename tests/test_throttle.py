@@ -14,6 +14,7 @@ import anyio
 import pytest
 
 import throttled_funcs
+from helpers import lag_while
 from procthrottle import AsyncSemaphore, ProcessSemaphore, throttle
 
 pytestmark = pytest.mark.anyio
@@ -31,26 +32,6 @@ class Peak:
 
     def __exit__(self, *exc: object) -> None:
         self.current -= 1
-
-
-async def lag_while(calls: Any) -> float:
-    """Run ``calls()`` next to a ticker; the longest gap between ticks (loop lag)."""
-    worst = 0.0
-
-    async def ticker() -> None:
-        nonlocal worst
-        last = time.monotonic()
-        while True:
-            await anyio.sleep(0.005)
-            now = time.monotonic()
-            worst = max(worst, now - last)
-            last = now
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(ticker)
-        await calls()
-        tg.cancel_scope.cancel()
-    return worst
 
 
 async def test_object_with_async_call_is_awaited_under_the_permit() -> None:
