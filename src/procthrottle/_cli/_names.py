@@ -46,9 +46,7 @@ def open_semaphore(name: str, limit: int | None, *, crash_safe: bool) -> Process
         ) from None
     except (ValueError, TypeError, FileExistsError) as exc:  # another limit or kind, ...
         raise CliError(str(exc), EXIT_USAGE) from None
-    except PermissionError as exc:
-        raise CliError(f"cannot open semaphore {name!r}: {exc}", EXIT_FAILED) from None
-    except (OSError, ProcThrottleError) as exc:
+    except (OSError, ProcThrottleError) as exc:  # PermissionError too
         raise CliError(f"cannot open semaphore {name!r}: {exc}", EXIT_FAILED) from None
 
 
@@ -77,10 +75,7 @@ def rate_limiter(name: str, rate: str) -> Limiter:
         return RateLimiter(rate, name=rate_name(name))
     except (ValueError, TypeError) as exc:  # a bad rate, or the name exists with other rates
         raise CliError(f"--rate {rate}: {exc}", EXIT_USAGE) from None
-    except PermissionError as exc:
-        raise CliError(f"cannot open rate limiter {rate_name(name)!r}: {exc}",
-                       EXIT_FAILED) from None
-    except (OSError, ProcThrottleError, NotImplementedError) as exc:
+    except (OSError, ProcThrottleError, NotImplementedError) as exc:  # PermissionError too
         raise CliError(f"cannot open rate limiter {rate_name(name)!r}: {exc}",
                        EXIT_FAILED) from None
 
