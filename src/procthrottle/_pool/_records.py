@@ -3,13 +3,14 @@ and resolving futures outside the lock."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import pickle
 import selectors
 import signal
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, InvalidStateError
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
@@ -90,6 +91,21 @@ class Worker:
 
     def claimed(self) -> int:
         return int(self.shared[CLAIMED])
+
+    @contextlib.contextmanager
+    def claims_stopped(self) -> Iterator[None]:
+        """Hold the worker's claim lock, so it claims no task meanwhile (a dead worker, or one
+        that died holding the lock, claims nothing anyway)."""
+        locked = False
+        if not self.dead:
+            while not (locked := self.lock.acquire(timeout=0.05)):
+                if not self.process.is_alive():  # it died holding the lock: claims stopped
+                    break
+        try:
+            yield
+        finally:
+            if locked:
+                self.lock.release()
 
 
 def describe_exit(code: int | None) -> str:

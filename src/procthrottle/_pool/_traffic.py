@@ -41,19 +41,11 @@ class Traffic(EngineState):
         ones leave its books (caller holds self.lock and sets their new state)."""
         if not tasks:
             return []
-        locked = False
-        if not worker.dead:
-            while not (locked := worker.lock.acquire(timeout=0.05)):
-                if not worker.process.is_alive():  # it died holding the lock: claims stopped
-                    break
-        try:
+        with worker.claims_stopped():
             claimed = worker.claimed()
             revoked = [task for task in tasks if task.seq > claimed]
             for task in revoked:
                 worker.shared[RING + task.seq % RING_SIZE] = task.seq
-        finally:
-            if locked:
-                worker.lock.release()
         for task in revoked:
             del worker.inflight[task.seq]
             worker.bytes_ahead -= task.nbytes
@@ -64,20 +56,13 @@ class Traffic(EngineState):
     def _kill_running(self, worker: Worker, seq: int) -> bool:
         """SIGKILL ``worker`` if it still runs task ``seq``. Under its claim lock, so that it
         cannot claim its next task between the look and the kill (that task would die too)."""
-        locked = False
-        while not (locked := worker.lock.acquire(timeout=0.05)):
-            if not worker.process.is_alive():  # it died holding the lock: claims stopped
-                break
-        try:
+        with worker.claims_stopped():
             if worker.claimed() != seq:  # it finished in time after all: nothing to kill
                 return False
             worker.timed_out = seq
             with contextlib.suppress(ProcessLookupError):
                 os.kill(worker.pid, signal.SIGKILL)
             return True
-        finally:
-            if locked:
-                worker.lock.release()
 
     def _depth(self) -> int:
         if self.average is None:
