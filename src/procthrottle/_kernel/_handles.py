@@ -17,14 +17,13 @@ import sysv_ipc
 
 from .._exceptions import SemaphoreClosedError
 from . import _libc
-from ._naming import ATTACH
+from ._naming import ATTACH, IF_UNUSED
 
 if TYPE_CHECKING:
     from ._sysv import SysVSemaphore
 
 _ATTACH = _libc.ops((ATTACH, 1, _libc.SEM_UNDO))
 _DETACH = _libc.ops((ATTACH, -1, _libc.SEM_UNDO | _libc.IPC_NOWAIT))
-_IF_UNUSED = _libc.ops((ATTACH, 0, _libc.IPC_NOWAIT))
 
 
 # Permits this process holds, per set: the kernel's undo values, mirrored. One token per
@@ -73,7 +72,7 @@ def _detach(semid: int, anonymous: bool) -> None:
     """Undo this handle's attach; the last handle on the host removes an anonymous set."""
     try:
         _libc.semop(semid, _DETACH)
-        if anonymous and _libc.semop(semid, _IF_UNUSED):
+        if anonymous and _libc.semop(semid, IF_UNUSED):
             _libc.remove(semid)
             _held.pop(semid, None)
     except OSError as exc:

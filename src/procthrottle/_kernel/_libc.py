@@ -129,6 +129,12 @@ def listing() -> list[SetInfo]:
     return found
 
 
+def own_sets() -> list[SetInfo]:
+    """The sets this user made and still owns (the only ones a sweep may remove)."""
+    me = os.geteuid()
+    return [info for info in listing() if info.uid == info.cuid == me]
+
+
 def lookup(key: int) -> int | None:
     """The id of the set with ``key``, or None if there is none."""
     semid = _semget(key, 0, 0)

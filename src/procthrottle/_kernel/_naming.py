@@ -17,7 +17,6 @@ from __future__ import annotations
 import ctypes
 import errno
 import hashlib
-import os
 import secrets
 import time
 from collections.abc import Callable
@@ -29,6 +28,8 @@ from . import _libc
 from ._owner import NameConflictError, check_owner
 
 PERMITS, ATTACH, LIMIT, TAG_HI, TAG_LO = range(5)
+#: Succeeds only while nobody is attached (a wait-for-zero that does not wait).
+IF_UNUSED = _libc.ops((ATTACH, 0, _libc.IPC_NOWAIT))
 NSEMS = 5
 ANONYMOUS_TAG = (0, 0)
 #: A set whose limit is still 0 this long after its creation lost its creator: removable.
@@ -380,9 +381,9 @@ def sweep_anonymous() -> None:
     if _swept:
         return
     _swept = True
-    me, now = os.geteuid(), time.time()
-    for info in _libc.listing():
-        if info.nsems != NSEMS or info.uid != me or info.cuid != me:
+    now = time.time()
+    for info in _libc.own_sets():
+        if info.nsems != NSEMS:
             continue
         semid = info.semid
         try:
@@ -392,9 +393,7 @@ def sweep_anonymous() -> None:
             if found[1] == 0:
                 if now - info.ctime > HALF_MADE_AGE:
                     _libc.remove(semid)
-            elif _libc.getval(semid, ATTACH) == 0 and _libc.semop(
-                semid, _libc.ops((ATTACH, 0, _libc.IPC_NOWAIT))
-            ):
+            elif _libc.semop(semid, IF_UNUSED):  # nobody attached, checked atomically
                 _libc.remove(semid)
         except OSError:
             continue

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import secrets
 from collections.abc import Sequence
 
@@ -10,7 +9,6 @@ from .._exceptions import SemaphoreClosedError
 from .._kernel import _libc
 from ._store import (
     ANONYMOUS_TAG,
-    ATTACH,
     IF_UNUSED,
     RateSet,
     init_ops,
@@ -34,18 +32,14 @@ def sweep_anonymous() -> None:
     if _swept:
         return
     _swept = True
-    me = os.geteuid()
-    for info in _libc.listing():
-        if info.uid != me or info.cuid != me:
-            continue
+    for info in _libc.own_sets():
         try:
             header = read_header(info.semid)
             if (
                 header is not None
                 and not header.half_made
                 and header.tag == ANONYMOUS_TAG
-                and _libc.getval(info.semid, ATTACH) == 0
-                and _libc.semop(info.semid, IF_UNUSED)
+                and _libc.semop(info.semid, IF_UNUSED)  # nobody attached, checked atomically
             ):
                 _libc.remove(info.semid)
         except OSError:
