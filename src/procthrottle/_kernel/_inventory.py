@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from . import _libc, _naming, _posix, _registry
+from . import _libc, _naming, _posix, _posix_names, _registry
 
 
 @dataclass(frozen=True)
@@ -131,8 +131,9 @@ def owner_of(name: str) -> int | None:
         if info.key in keys and info.uid != me:
             return info.uid
     for os_name in _posix.os_names(name):
+        path = _posix_names._path(os_name)
         try:
-            uid = os.stat(f"/dev/shm/sem.{os_name[1:]}").st_uid
+            uid = os.stat(path).st_uid if path is not None else me
         except OSError:
             continue
         if uid != me:
