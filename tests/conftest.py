@@ -32,6 +32,16 @@ def _no_leaked_kernel_objects() -> Iterator[None]:
     assert not leaked, f"tests leaked {len(leaked)} kernel objects: {leaked}"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _unlink_throttled_funcs_semaphore(_no_leaked_kernel_objects: None) -> Iterator[None]:
+    """The named semaphore of tests/throttled_funcs.py, made when a test module imports it:
+    unlinked after the session (before the leak check), whichever modules ran."""
+    yield
+    module = sys.modules.get("throttled_funcs")
+    if module is not None:
+        module.SEMAPHORE.unlink()
+
+
 @pytest.fixture
 def dask_client(tmp_path: Path) -> Iterator[Any]:
     """A Client of a real two-process Dask LocalCluster, its scratch space in tmp_path."""

@@ -12,7 +12,7 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -25,12 +25,6 @@ from helpers import PYTHON, max_overlap, python_env, read_intervals, unique_name
 from procthrottle import AsyncSemaphore, ProcessSemaphore, throttle
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _unlink_throttled_funcs_semaphore() -> Iterator[None]:
-    yield
-    throttled_funcs.SEMAPHORE.unlink()
 
 
 def hold_in_other_process(
