@@ -34,12 +34,12 @@ def _no_leaked_kernel_objects() -> Iterator[None]:
 
 @pytest.fixture(scope="session", autouse=True)
 def _unlink_throttled_funcs_semaphore(_no_leaked_kernel_objects: None) -> Iterator[None]:
-    """The named semaphore of tests/throttled_funcs.py, made when a test module imports it:
+    """The named semaphores of tests/throttled_funcs.py, made when a test module imports it:
     unlinked after the session (before the leak check), whichever modules ran."""
     yield
     module = sys.modules.get("throttled_funcs")
     if module is not None:
-        module.SEMAPHORE.unlink()
+        module.unlink_names()
 
 
 @pytest.fixture
