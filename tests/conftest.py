@@ -42,6 +42,25 @@ def _unlink_throttled_funcs_semaphore(_no_leaked_kernel_objects: None) -> Iterat
         module.unlink_names()
 
 
+@pytest.fixture(scope="session")
+def other_procthrottle_user() -> Iterator[subprocess.Popen[str]]:
+    """Another program of this user making and removing anonymous semaphores and rate limiters
+    in a loop (tests/churn.py) while the test runs: leak checks must count only their own."""
+    from helpers import python_env
+
+    churn = subprocess.Popen(
+        [sys.executable, str(Path(__file__).with_name("churn.py"))], env=python_env(),
+        text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    assert churn.stdout is not None
+    assert churn.stdout.readline() == "ready\n", churn.stderr.read() if churn.stderr else ""
+    yield churn
+    churn.terminate()  # it stops at the end of its round and removes what it made
+    out, err = churn.communicate(timeout=30)
+    assert churn.returncode == 0, err
+    assert int(out) > 0
+
+
 @pytest.fixture
 def dask_client(tmp_path: Path) -> Iterator[Any]:
     """A Client of a real two-process Dask LocalCluster, its scratch space in tmp_path."""

@@ -202,6 +202,7 @@ def test_snippets_are_found_and_every_skip_gives_a_reason() -> None:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="counts Linux kernel objects")
 @pytest.mark.timeout(120)
+@pytest.mark.usefixtures("other_procthrottle_user")
 @pytest.mark.parametrize("where", sorted(BLOCKS))
 def test_snippet_runs_under_spawn(where: str, tmp_path: Path) -> None:
     code = BLOCKS[where]
