@@ -106,3 +106,16 @@ def test_local_functions_refuse_to_pickle_with_a_reason() -> None:
 def test_name_needs_an_int_limit() -> None:
     with pytest.raises(TypeError, match="name="):
         throttle(rate="10/s", name="api")
+
+
+def test_callable_objects_have_a_repr_and_refuse_to_pickle_with_a_reason() -> None:
+    class Fetch:
+        async def __call__(self) -> None: ...
+
+    fetch = throttle(1)(Fetch())
+    assert repr(fetch).endswith("Fetch object>")
+    assert repr(throttled_funcs.one_at_a_time) == (
+        "<throttled function throttled_funcs.one_at_a_time>"
+    )
+    with pytest.raises(pickle.PicklingError, match="module-level function"):
+        pickle.dumps(fetch)

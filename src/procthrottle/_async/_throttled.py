@@ -143,7 +143,6 @@ class Throttled(functools.partial):  # type: ignore[type-arg]
     """
 
     _limits: Limits
-    __qualname__: str
 
     def __get__(self, obj: object, objtype: type | None = None) -> Any:
         return self if obj is None else types.MethodType(self, obj)
@@ -155,10 +154,21 @@ class Throttled(functools.partial):  # type: ignore[type-arg]
         return self
 
     def __repr__(self) -> str:
-        return f"<throttled function {self.__module__}.{self.__qualname__}>"
+        return f"<throttled {self._where()}>"
+
+    def _where(self) -> str:
+        qualname = getattr(self, "__qualname__", None)
+        if qualname is None:  # a callable object: it has no name of its own
+            return f"{type(self.__wrapped__).__qualname__} object"  # type: ignore[attr-defined]
+        return f"function {self.__module__}.{qualname}"
 
     def __reduce__(self) -> tuple[Any, ...]:
-        module, qualname = self.__module__, self.__qualname__
+        module, qualname = self.__module__, getattr(self, "__qualname__", None)
+        if qualname is None:
+            raise pickle.PicklingError(
+                f"cannot pickle the @throttle {self._where()}: another process finds a "
+                "decorated function by name; decorate a module-level function instead"
+            )
         if "<locals>" in qualname or _resolve(module, qualname, importing=False) is not self:
             raise pickle.PicklingError(
                 f"cannot pickle the @throttle function {module}.{qualname}: another process "
