@@ -114,3 +114,23 @@ def _unused(semid: int) -> bool:
     except OSError:
         return False  # removed meanwhile, or not readable: not ours
     return attached == 0 or (attached == 1 and last == os.getpid())
+
+
+def made_since(before: set[int], pid: int | None = None) -> set[int]:
+    """procthrottle sets (any kind, named or not) that appeared since `before` and that process
+    `pid` (default: this one) set up: the process that ran a set's initialising ``semop`` is
+    the last to have touched a word nothing else changes (a semaphore's tag, a rate limiter's
+    magic). Other programs' sets, which come and go meanwhile, are not counted."""
+    from procthrottle._kernel import _libc, _naming
+    from procthrottle._rate import _store
+
+    pid = os.getpid() if pid is None else pid
+    found = set()
+    for semid in sysv_sets() - before:
+        try:
+            word = _naming.TAG_HI if _naming._layout(semid) is not None else _store.MAGIC
+            if _libc.getctl(semid, word, _libc.GETPID) == pid:
+                found.add(semid)
+        except OSError:
+            continue  # removed meanwhile
+    return found
