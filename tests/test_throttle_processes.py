@@ -7,7 +7,9 @@ holds its permit 0.1 s and records its interval, and the test measures how many 
 from __future__ import annotations
 
 import multiprocessing
+import os
 import pickle
+import subprocess
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -15,7 +17,7 @@ from typing import Any
 import pytest
 
 import throttled_funcs
-from helpers import max_overlap, read_intervals
+from helpers import PYTHON, max_overlap, python_env, read_intervals
 from procthrottle import ProcThrottleError, ThrottledProcessPool, throttle
 
 METHODS = ["fork", "spawn", "forkserver"]
@@ -83,6 +85,41 @@ def test_a_worker_that_only_imported_the_function_refuses_to_call_it(
             future.result(timeout=60)
     assert "one_at_a_time" in str(raised.value)
     assert not (tmp_path / "intervals").exists()  # the body never ran
+
+
+PRELOADED = """\
+import multiprocessing, sys
+from concurrent.futures import ProcessPoolExecutor
+import throttled_funcs
+from procthrottle import ProcThrottleError
+
+if __name__ == "__main__":
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["throttled_funcs"])  # the server imports it, not the parent
+    with ProcessPoolExecutor(2, mp_context=context) as pool:
+        try:
+            pool.submit(throttled_funcs.call_by_name, sys.argv[1]).result(timeout=60)
+        except ProcThrottleError as exc:
+            print("refused", exc)
+    throttled_funcs.unlink_names()
+"""
+
+
+@pytest.mark.timeout(120)
+def test_a_forkserver_worker_refuses_the_servers_own_semaphore(tmp_path: Path) -> None:
+    """The module preloaded by the forkserver: its workers inherit the *server's* semaphore by
+    fork, not the parent's."""
+    script = tmp_path / "preloaded.py"
+    script.write_text(PRELOADED)
+    env = python_env()
+    env["PYTHONPATH"] += os.pathsep + str(Path(__file__).parent)
+    env.pop("PT_TEST_THROTTLE_NAME", None)  # names of its own, removed by the script
+    out = subprocess.run([PYTHON, str(script), str(tmp_path / "intervals")], env=env,
+                         capture_output=True, text=True, timeout=100)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("refused throttled_funcs.one_at_a_time is @throttle(1)")
+    assert "forkserver" in out.stdout
+    assert not (tmp_path / "intervals").exists()
 
 
 @pytest.mark.timeout(60)

@@ -11,9 +11,10 @@ name up as usual and makes that object's `Limits` adopt them. Every process a de
 reaches by pickling — pool workers under fork, spawn and forkserver, ``Process(target=...)`` —
 therefore shares the permits of the process that sent it.
 
-A process started by `multiprocessing` that imported the module itself and never received the
-function would silently have a bound of its own; its first call of such a function raises
-instead (`Limits.check_shared`).
+A process started by `multiprocessing` that imported the module itself (or got it by fork from
+the forkserver, which may have imported it) and never received the function would silently
+have a bound of its own; its first call of such a function raises instead
+(`Limits.check_shared`).
 """
 
 from __future__ import annotations
@@ -116,21 +117,43 @@ class Limits:
             return None
 
     def check_shared(self, function: str) -> None:
-        """Refuse a bound that would silently be this process's own (see the module's doc)."""
+        """Refuse a bound that would silently be this process's own (see the module's doc).
+
+        In a process started by `multiprocessing`, an anonymous semaphore (or rate) that
+        ``throttle`` made and no pickle replaced is shared with the parent only if this process
+        was forked from that parent after it was made. It is not when this process made it
+        (spawn, or an import after a fork), nor when it came by fork from another process
+        than the parent (forkserver: the server, which may have imported the module itself).
+        """
         pid = os.getpid()
         if self._checked_pid == pid:
             return
         made = self.made_sem or self.made_rate
-        if made and self._pid == pid and multiprocessing.parent_process() is not None:
+        parent = multiprocessing.parent_process()
+        if made and parent is not None and (self._pid == pid or _fork_parent != parent.pid):
             raise ProcThrottleError(
-                f"{function} is {self.what} with an anonymous {_kinds(self)} that this process "
-                "made when it imported the function's module, not the one of the process that "
-                "started it: calls here would not share that bound. Send the decorated "
-                "function itself to this process (pool.submit(fn, ...), Process(target=fn)): "
+                f"{function} is {self.what} with an anonymous {_kinds(self)} made when this "
+                "process (or the forkserver it came from) imported the function's module, not "
+                "the one of the process that started it: calls here would not share that "
+                "bound. Send the decorated function itself to this process "
+                "(pool.submit(fn, ...), Process(target=fn)): "
                 "it carries its semaphore and rate. Or make the bound host-wide by name: "
                 "@throttle(N, name='...')"
             )
         self._checked_pid = pid
+
+
+#: The process this one was forked from (None: not forked); see `Limits.check_shared`.
+_fork_parent: int | None = None
+
+
+def _after_fork_in_child() -> None:
+    global _fork_parent
+    _fork_parent = os.getppid()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class Throttled(functools.partial):  # type: ignore[type-arg]
