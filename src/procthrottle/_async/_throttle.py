@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 from .._kernel._semaphore import ProcessSemaphore
 from .._kernel._validate import check_limit, check_timeout
 from .._rate._gates import rate_gate
+from . import _throttled
 from ._semaphore import AsyncSemaphore, SyncSemaphore
 from ._throttled import Adapter, Limits, Throttled
 
@@ -180,7 +181,7 @@ def _wrap_async(fn: Callable[..., Any], limits: Limits, timeout: float | None) -
     where = f"{getattr(fn, '__module__', '?')}.{_name(fn)}"
 
     async def throttled(*args: Any, **kwargs: Any) -> Any:
-        if module_level:
+        if module_level and limits.checked != _throttled.forks:
             limits.check_shared(where)
         adapter, gate = limits.adapter, limits.gate  # one pair per call (see Limits.adopt)
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -204,7 +205,7 @@ def _wrap_sync(fn: Callable[..., Any], limits: Limits, timeout: float | None) ->
     where = f"{getattr(fn, '__module__', '?')}.{_name(fn)}"
 
     def throttled(*args: Any, **kwargs: Any) -> Any:
-        if module_level:
+        if module_level and limits.checked != _throttled.forks:
             limits.check_shared(where)
         sem, gate = limits.sem, limits.gate  # one pair per call (see Limits.adopt)
         take_rate = None if gate is None else gate.sync
@@ -219,7 +220,8 @@ def _wrap_sync(fn: Callable[..., Any], limits: Limits, timeout: float | None) ->
         finally:
             if sem is not None:
                 sem.release()
-        if inspect.isawaitable(result):
+        kind = type(result)
+        if kind not in _NOT_AWAITABLE and _awaitable(kind):  # a coroutine, future, task...
             _discard(result)
             raise TypeError(
                 f"{_name(fn)} is a plain function that returned {type(result).__name__}: "
@@ -230,6 +232,18 @@ def _wrap_sync(fn: Callable[..., Any], limits: Limits, timeout: float | None) ->
         return result
 
     return throttled
+
+
+#: Result types seen not to be awaitable (a failed hasattr costs more than the whole call).
+_NOT_AWAITABLE: set[type] = {type(None), int, str, bytes, float, bool, list, dict, tuple}
+
+
+def _awaitable(kind: type) -> bool:
+    if hasattr(kind, "__await__"):
+        return True
+    if len(_NOT_AWAITABLE) < 1000:
+        _NOT_AWAITABLE.add(kind)
+    return False
 
 
 def _discard(awaitable: Any) -> None:

@@ -60,8 +60,18 @@ class Limits:
     process's pickle replaced it.
     """
 
-    __slots__ = ("_carried", "_checked_pid", "_lock", "_pid", "adapter", "gate", "made_rate",
-                 "made_sem", "sem", "what")
+    __slots__ = (
+        "_carried",
+        "_lock",
+        "_pid",
+        "adapter",
+        "checked",
+        "gate",
+        "made_rate",
+        "made_sem",
+        "sem",
+        "what",
+    )
 
     def __init__(
         self,
@@ -76,7 +86,7 @@ class Limits:
         self.sem, self.adapter, self.gate = sem, adapter, gate
         self.made_sem, self.made_rate, self.what = made_sem, made_rate, what
         self._pid = os.getpid()
-        self._checked_pid = 0
+        self.checked = -1  # the `forks` value when check_shared last passed
         self._carried: tuple[bytes | None, bytes | None] | None = None
         self._lock = threading.Lock()
 
@@ -126,8 +136,6 @@ class Limits:
         than the parent (forkserver: the server, which may have imported the module itself).
         """
         pid = os.getpid()
-        if self._checked_pid == pid:
-            return
         made = self.made_sem or self.made_rate
         parent = multiprocessing.parent_process()
         if made and parent is not None and (self._pid == pid or _fork_parent != parent.pid):
@@ -140,16 +148,19 @@ class Limits:
                 "it carries its semaphore and rate. Or make the bound host-wide by name: "
                 "@throttle(N, name='...')"
             )
-        self._checked_pid = pid
+        self.checked = forks
 
 
 #: The process this one was forked from (None: not forked); see `Limits.check_shared`.
 _fork_parent: int | None = None
+#: Forks since this module was imported: a `Limits` checked before a fork is checked again.
+forks = 0
 
 
 def _after_fork_in_child() -> None:
-    global _fork_parent
+    global _fork_parent, forks
     _fork_parent = os.getppid()
+    forks += 1
 
 
 if hasattr(os, "register_at_fork"):
