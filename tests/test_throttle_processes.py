@@ -156,3 +156,11 @@ def test_callable_objects_have_a_repr_and_refuse_to_pickle_with_a_reason() -> No
     )
     with pytest.raises(pickle.PicklingError, match="module-level function"):
         pickle.dumps(fetch)
+
+
+def test_a_function_the_receiver_cannot_find_is_a_clear_error() -> None:
+    data = pickle.dumps(throttled_funcs.one_at_a_time).replace(
+        b"one_at_a_time", b"not_in_module"
+    )
+    with pytest.raises(pickle.UnpicklingError, match="importable module"):
+        pickle.loads(data)

@@ -213,7 +213,15 @@ class Throttled(functools.partial):  # type: ignore[type-arg]
 
 def _rebind(module: str, qualname: str, carried: tuple[bytes | None, bytes | None]) -> Throttled:
     """Unpickle: the function of that name here, using the sender's semaphore and rate."""
-    found = _resolve(module, qualname, importing=True)
+    try:
+        found = _resolve(module, qualname, importing=True)
+    except (ImportError, AttributeError) as exc:
+        raise pickle.UnpicklingError(
+            f"cannot find the @throttle function {module}.{qualname} in this process ({exc}): "
+            "it travels by name, so the receiving process must be able to import it. "
+            "multiprocessing workers find the functions of the main script; other tools' "
+            "workers (Dask, ...) need it in an importable module"
+        ) from exc
     if not isinstance(found, Throttled):
         raise pickle.UnpicklingError(
             f"{module}.{qualname} is not a @throttle function in this process "
