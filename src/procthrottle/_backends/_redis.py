@@ -155,7 +155,22 @@ class RedisSemaphore(_HoldsPermits, RedisConnection):
     dies loses them after at most ``lease`` seconds, while a live holder's are renewed in the
     background. A permit is released by the handle that acquired it (``ValueError`` otherwise).
     Pickles as its connection settings and name, so it can be passed to other processes and
-    to Dask workers. Raises `RedisUnavailableError` when Redis cannot be reached.
+    to Dask workers. Making one makes one round trip (it checks the limit).
+
+    Args:
+        client_or_url: A ``redis.Redis`` client or a URL that ``redis.Redis.from_url``
+            takes (``redis://``, ``rediss://``, ``unix://``).
+        name: The semaphore's name in Redis: every client that uses it shares its permits.
+            1 to 200 characters of ``[A-Za-z0-9._-]``.
+        limit: Its number of permits (>= 1). Opening an existing name with another limit
+            raises ``ValueError``.
+        lease: Seconds (>= 0.1) after which a dead holder's permit comes back; a live
+            holder renews its leases every ``lease / 3`` seconds.
+
+    Raises:
+        TypeError: An argument of the wrong type.
+        ValueError: A bad name, limit or lease, or a name that exists with another limit.
+        RedisUnavailableError: Redis cannot be reached (nothing is changed).
     """
 
     #: Every call is a network round trip: `AsyncSemaphore` makes them all in its waiter
@@ -189,7 +204,21 @@ class RedisSemaphore(_HoldsPermits, RedisConnection):
 
     # -- the interface of ProcessSemaphore ---------------------------------------------------
     def acquire(self, block: bool = True, timeout: float | None = None) -> bool:
-        """Take one permit; False if none came (``block=False``, or ``timeout`` elapsed)."""
+        """Take one permit; False if none came (``block=False``, or ``timeout`` elapsed).
+
+        Args:
+            block: False: return at once if no permit is free.
+            timeout: Seconds to wait at most (None: forever).
+
+        Returns:
+            True when a permit was taken, False when none came.
+
+        Raises:
+            SemaphoreClosedError: The handle was closed.
+            RedisUnavailableError: Redis cannot be reached.
+            ValueError: ``timeout`` is NaN, or the name now exists with another limit.
+            TypeError: ``timeout`` is not a number.
+        """
         timeout = check_timeout(timeout)
         if self._closed:
             self._raise_closed()
@@ -211,7 +240,16 @@ class RedisSemaphore(_HoldsPermits, RedisConnection):
         return True
 
     def release(self, n: int = 1) -> None:
-        """Return ``n`` permits this handle holds (``ValueError``, nothing changed, if fewer)."""
+        """Return ``n`` permits this handle holds.
+
+        Args:
+            n: How many (an int >= 1).
+
+        Raises:
+            ValueError: This handle holds fewer than ``n`` permits; nothing changes.
+            SemaphoreClosedError: The handle was closed.
+            RedisUnavailableError: Redis cannot be reached; the permits stay held.
+        """
         check_count(n)
         if self._closed:
             self._raise_closed()
@@ -353,6 +391,11 @@ class AsyncRedisSemaphore(AsyncSemaphore):
         name: The semaphore's name in Redis.
         limit: Its number of permits.
         lease: Seconds after which a dead holder's permit comes back.
+
+    Raises:
+        TypeError: An argument of the wrong type.
+        ValueError: A bad name, limit or lease, or a name that exists with another limit.
+        RedisUnavailableError: Redis cannot be reached.
     """
 
     def __init__(

@@ -285,6 +285,11 @@ class AsyncRedisRateLimiter(AsyncRateLimiter):
         per: The period of `rate` in seconds.
         burst: How many acquisitions may be admitted at once (>= 1).
         extra: More `(rate, per)` pairs enforced together with the first.
+
+    Raises:
+        TypeError: An argument of the wrong type.
+        ValueError: A bad rate, burst or name (a name that exists with other rates is
+            refused by the first acquisition).
     """
 
     __slots__ = ("_aclients", "_thread_limiter")

@@ -82,6 +82,10 @@ class AsyncRateLimiter:
     Args:
         limiter: A `RateLimiter`, or the arguments of an anonymous one: a number per second
             or a rate string such as `"10/s"`.
+
+    Raises:
+        TypeError: ``limiter`` is none of those.
+        ValueError: A rate that is not a finite number > 0, or an unparseable rate string.
     """
 
     __slots__ = ("_limiter", "_lock", "_queues")
