@@ -31,7 +31,7 @@ API = ROOT / "docs" / "api.md"
 PUBLIC_MODULES = ["procthrottle", "procthrottle.redis"]
 DIRECTIVE = re.compile(r"^::: (procthrottle(?:\.redis)?\.\w+)\s*$")
 #: First line of an example that needs a Redis server: skipped by test_docs, run here.
-REDIS_MARK = "# not run: needs a Redis server (tests/test_api_examples.py runs it with one)"
+REDIS_MARK = "# not run: needs a Redis server (its URL in REDIS_URL)"
 #: Methods whose failures a caller must plan for: their docstrings list what they raise.
 MUST_SAY_WHAT_THEY_RAISE = {"acquire", "release", "submit", "schedule", "map", "amap", "run"}
 
