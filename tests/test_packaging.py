@@ -3,7 +3,9 @@ Pythons claimed are the ones CI runs the suite on, no system or address is claim
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -69,3 +71,22 @@ def test_no_project_url_points_to_an_unconfirmed_place() -> None:
     (the Documentation link pointed at raw Markdown, the others at a guessed repository)."""
     assert "[project.urls]" not in PYPROJECT
     assert "https://" not in PYPROJECT.split("[project.optional-dependencies]")[0]
+
+
+def test_ci_says_loudly_when_a_claimed_python_is_missing(tmp_path: Path) -> None:
+    """A claimed version with no interpreter fails the run, and says so (here Python 3.99, in
+    a copy of .ci/run beside a pyproject.toml that claims only it: nothing else runs)."""
+    (tmp_path / ".ci").mkdir()
+    shutil.copy(ROOT / ".ci" / "run", tmp_path / ".ci" / "run")
+    (tmp_path / "pyproject.toml").write_text(
+        '[project]\nclassifiers = [\n    "Programming Language :: Python :: 3.99",\n]\n'
+    )
+    out = subprocess.run([str(tmp_path / ".ci" / "run")], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 1
+    assert "!! Python 3.99 is claimed by pyproject.toml but NOT FOUND" in out.stdout
+    assert "MISSING: 3.99 (claimed, not run)" in out.stdout
+    allowed = subprocess.run([str(tmp_path / ".ci" / "run")], capture_output=True, text=True,
+                             timeout=60, env={**os.environ, "PROCTHROTTLE_CI_ALLOW_MISSING": "1"})
+    assert allowed.returncode == 0
+    assert "NOT FOUND" in allowed.stdout
