@@ -16,11 +16,13 @@ class SemaphoreClosedError(ProcThrottleError):
     """The semaphore was used after ``close()``, or after it was unlinked from the host."""
 
 
-def __getattr__(name: str) -> object:
-    # `WorkerCrashedError` lives in its own module (it imports `concurrent.futures.process`);
-    # ``from .._exceptions import WorkerCrashedError`` keeps working.
-    if name == "WorkerCrashedError":
-        from ._worker_crashed import WorkerCrashedError
+if not TYPE_CHECKING:  # hidden from type checkers, which would accept any name through it
 
-        return WorkerCrashedError
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    def __getattr__(name: str) -> object:
+        # `WorkerCrashedError` lives in its own module (it imports `concurrent.futures.process`);
+        # ``from .._exceptions import WorkerCrashedError`` keeps working.
+        if name == "WorkerCrashedError":
+            from ._worker_crashed import WorkerCrashedError
+
+            return WorkerCrashedError
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
