@@ -50,11 +50,14 @@ ANONYMOUS_TAG = (0, 0)
 GETALL = 6 if sys.platform == "darwin" else 13
 
 _getall = _libc.libc["semctl"]
-_getall.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_void_p)
+# semctl is variadic: argtypes name its fixed arguments only, and the array goes as a variadic
+# extra (by address), which is how arm64 macOS wants a variadic argument passed.
+_getall.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int)
 _getall.restype = ctypes.c_int
-# No argtypes on the hot path: callers pass a ctypes pointer and size_t made once, which
-# ctypes hands over without per-call conversion (a third of the cost of an update).
+# The hot path: callers pass a ctypes pointer and size_t made once, which these argtypes take
+# as they are (no per-call conversion).
 _semop = semop = _libc.libc["semop"]
+_semop.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t)
 _semop.restype = ctypes.c_int
 
 _ATTACH = _libc.ops((ATTACH, 1, _libc.SEM_UNDO))
@@ -168,7 +171,7 @@ def inspect(semid: int) -> Header | None:
 
 def read_all(semid: int, size: int) -> list[int]:
     buffer = (ctypes.c_ushort * size)()
-    if _getall(semid, 0, GETALL, ctypes.addressof(buffer)) < 0:
+    if _getall(semid, 0, GETALL, buffer) < 0:
         code = ctypes.get_errno()
         raise OSError(code, os.strerror(code))
     return list(buffer)
@@ -227,7 +230,7 @@ class RateSet:
     def read(self) -> list[int]:
         """The TATs now (one atomic GETALL)."""
         buffer = self._local.buffers.values
-        if _getall(self.semid, 0, GETALL, ctypes.addressof(buffer)) < 0:
+        if _getall(self.semid, 0, GETALL, buffer) < 0:
             self._fail()
         base = self.tat_base
         return [
