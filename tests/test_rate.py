@@ -371,13 +371,14 @@ async def test_cancelled_head_hands_its_slot_to_the_next_waiter() -> None:
 
 
 @pytest.mark.anyio
-async def test_slots_of_cancelled_waiters_are_never_used_late() -> None:
-    """Cancelled waiters that cannot give their slots back leave them to later waiters only
-    while those slots are still ahead: one that has passed would admit several at once."""
-    limiter = RateLimiter(100, burst=1)  # one slot per 10 ms
+async def test_slots_of_cancelled_waiters_go_to_the_waiters_behind_them() -> None:
+    """Five waiters holding the first slots are cancelled after someone else reserved: their
+    slots cannot go back to the shared state, so the waiters of their process use them, in
+    order, never early, and the slots left over serve the next arrivals."""
+    limiter = RateLimiter(10, burst=1)  # one slot per 100 ms
     alimiter = AsyncRateLimiter(limiter)
     start = time.monotonic()
-    assert limiter.acquire()  # the slots that follow: start + 10 ms, + 20 ms, ...
+    assert limiter.acquire()  # the slots that follow: start + 100 ms, + 200 ms, ...
     late: list[float] = []
     early = [anyio.CancelScope() for _ in range(5)]
 
@@ -388,23 +389,70 @@ async def test_slots_of_cancelled_waiters_are_never_used_late() -> None:
                 late.append(time.monotonic())
 
     async with anyio.create_task_group() as tg:
-        for scope in early:  # slots +10 to +50 ms, each within the look-ahead of the one before
+        for scope in early:  # slots +100 to +500 ms
             tg.start_soon(waiter, scope)
         await anyio.sleep(0.002)
-        tg.start_soon(waiter)  # +60 ms: it keeps the turn until then
+        tg.start_soon(waiter, None, True)  # +600 ms
+        for _ in range(4):
+            tg.start_soon(waiter, None, True)  # +700 to +1000 ms
         await anyio.sleep(0.002)
-        for _ in range(5):
-            tg.start_soon(waiter, None, True)  # queued behind it, nothing reserved yet
-        await anyio.sleep(0.002)
-        for scope in early:  # none can give its slot back (later ones exist): 5 spares
+        other = limiter._reserve(1, None)  # another user reserves after them: +1100 ms
+        assert other is not None
+        for scope in early:  # none can give its slot back: the five behind take them
             scope.cancel()
-    late.sort()
     assert len(late) == 5
-    # Never early: the late five get slots after the one that kept the turn (+60 ms), one per
-    # 10 ms; on passed spare slots they would all have been admitted at once, at about +60 ms.
-    # (A loaded machine only makes them later.)
-    for k, admitted in enumerate(late):
-        assert admitted - start >= 0.070 + 0.010 * k - 0.002, (k, [t - start for t in late])
+    late.sort()
+    for k, admitted in enumerate(late):  # on the slots +100 .. +500 ms: never early
+        assert admitted - start >= 0.100 * (k + 1) - 0.002, (k, [t - start for t in late])
+    # ... and not on their own (+600 .. +1000 ms): the last one came before +600 ms, with
+    # 100 ms to spare for a loaded machine. The slots the five reserved are left over; the
+    # next arrival uses the first of them (+600 ms), not a new one after +1100 ms.
+    assert late[-1] - start < 0.6, [t - start for t in late]
+    assert await alimiter.acquire()
+    assert time.monotonic() - start < 1.0
+    limiter.close()
+
+
+@pytest.mark.anyio
+async def test_cancellation_storm_wastes_no_quota() -> None:
+    """Tasks that give up at random instants while a thread of the same process competes
+    (so most slots cannot go back to the shared state): the slots they leave are used by
+    the tasks behind them, and the rate stays fully used, every slot used once."""
+    import random
+
+    rate, seconds = 200, 3.0
+    limiter = RateLimiter(rate, burst=1)
+    alimiter = AsyncRateLimiter(limiter)
+    admitted: list[float] = []
+    stop = threading.Event()
+
+    def thread() -> None:
+        while not stop.is_set():
+            if limiter.acquire(timeout=0.5):
+                admitted.append(time.monotonic())
+
+    async def task(seed: int) -> None:
+        rng = random.Random(seed)
+        while time.monotonic() < end:
+            with anyio.move_on_after(rng.uniform(0.0, 0.06)):  # 20 waiters: 100 ms deep
+                await alimiter.acquire()
+                admitted.append(time.monotonic())
+
+    helper = threading.Thread(target=thread)
+    begin = time.monotonic()
+    end = begin + seconds
+    helper.start()
+    try:
+        async with anyio.create_task_group() as tg:
+            for i in range(20):
+                tg.start_soon(task, i)
+    finally:
+        stop.set()
+        helper.join()
+    inside = [t for t in admitted if begin + 0.5 <= t < end - 0.5]
+    used = len(inside) / (rate * (seconds - 1.0))
+    assert used >= 0.9, used  # before the fix: about 0.5
+    assert used <= 1.0 + 2 / (rate * (seconds - 1.0))  # never a slot used twice
     limiter.close()
 
 
