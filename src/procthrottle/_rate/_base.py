@@ -82,5 +82,5 @@ class RateLimits:
 
     @property
     def extra(self) -> tuple[tuple[float, float], ...]:
-        """The other `(rate, per)` pairs enforced together with the first."""
+        """The `extra` rates enforced together with the main rate (`RateLimiter`: window quotas)."""
         return tuple(self._pairs[1:])
