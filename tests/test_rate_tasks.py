@@ -79,7 +79,7 @@ def stall_in_update(name: str, marker: str, where: str) -> None:
     ``compute``: after reading the state, before computing the new one; ``swap``: with the
     new state computed, just before the compare-and-swap system call.
     """
-    from procthrottle._rate import _limiter, _store
+    from procthrottle._rate import _clock, _store
 
     limiter = RateLimiter(50, name=name, burst=2)
     limiter._cache = None  # read the shared state first, as a process that lost a race does
@@ -89,13 +89,13 @@ def stall_in_update(name: str, marker: str, where: str) -> None:
         time.sleep(60)
 
     if where == "compute":
-        real_clock = _limiter._monotonic_ns
+        real_clock = _clock.now_ns
 
         def slow_clock() -> int:
             stall()
             return real_clock()
 
-        _limiter._monotonic_ns = slow_clock
+        _clock.now_ns = slow_clock
     else:
         real_semop = _store.semop
 

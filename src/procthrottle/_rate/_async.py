@@ -14,7 +14,7 @@ import sniffio
 from .._kernel._validate import check_timeout
 from .._typing import Self
 from ._base import Reservation
-from ._limiter import RateLimiter, _monotonic_ns
+from ._limiter import RateLimiter
 
 
 class _Waiter:
@@ -72,13 +72,13 @@ class _Line:
 _get_running_loop = asyncio._get_running_loop
 
 
-def _remaining_ns(deadline: int | None) -> int | None:
-    return None if deadline is None else max(0, deadline - _monotonic_ns())
+def _remaining_ns(deadline: int | None, now: int) -> int | None:
+    return None if deadline is None else max(0, deadline - now)
 
 
-def _remaining(deadline: int | None, grace: int = 0) -> float:
+def _remaining(deadline: int | None, now: int, grace: int = 0) -> float:
     """Seconds until ``deadline`` plus ``grace`` ns (inf for None), for `anyio.move_on_after`."""
-    return float("inf") if deadline is None else max(0, deadline + grace - _monotonic_ns()) / 1e9
+    return float("inf") if deadline is None else max(0, deadline + grace - now) / 1e9
 
 
 class AsyncRateLimiter:
@@ -189,12 +189,14 @@ class AsyncRateLimiter:
             raise RuntimeError("AsyncRateLimiter.acquire needs a running asyncio or trio loop")
         if seconds is not None and seconds == float("inf"):
             seconds = None
-        deadline = None if seconds is None else _monotonic_ns() + max(0, int(seconds * 1e9))
+        now = limiter._now_ns()
+        deadline = None if seconds is None else now + max(0, int(seconds * 1e9))
         return await self._wait(loop, self._line(loop), _Waiter(n), deadline)
 
     async def _wait(self, loop: object, line: _Line, waiter: _Waiter, deadline: int | None) -> bool:
+        now_ns = self._limiter._now_ns  # the clock of the slots
         if not line.live:  # slots left by waiters gone: drop those that passed unused
-            while line.slots and line.slots[0][1][0] < _monotonic_ns():
+            while line.slots and line.slots[0][1][0] < now_ns():
                 await self._drop(line, 0)
         n = waiter.n
         line.waiters.append(waiter)
@@ -208,7 +210,7 @@ class AsyncRateLimiter:
                 waiter.owns = True
                 line.owed += 1
             else:
-                max_wait = None if deadline is None else max(0, deadline - _monotonic_ns())
+                max_wait = _remaining_ns(deadline, now_ns())
                 reservation = await self._reserve(n, max_wait)
                 if reservation is None:
                     return False
@@ -216,18 +218,18 @@ class AsyncRateLimiter:
                 waiter.owns = True
                 line.owed += 1
             # Its slot only comes earlier from now on; the deadline stays as a safety net.
-            with anyio.move_on_after(_remaining(deadline, grace=10_000_000)):
+            with anyio.move_on_after(_remaining(deadline, now_ns(), grace=10_000_000)):
                 if line.first() is not waiter:
                     await waiter.event.wait()
                 while line.slots and line.slots[0][0] < n:  # a lighter slot: unusable here
                     await self._drop(line, 0)
                 if not line.slots:  # lost some to weight mismatches: reserve again
-                    reservation = await self._reserve(n, _remaining_ns(deadline))
+                    reservation = await self._reserve(n, _remaining_ns(deadline, now_ns()))
                     if reservation is None:
                         return False
                     line.add((n, reservation))
                 slot = line.slots[0][1][0]
-                while (delay := slot - _monotonic_ns()) > 0:
+                while (delay := slot - now_ns()) > 0:
                     await anyio.sleep(delay / 1e9)
                 line.slots.popleft()  # admitted on the earliest slot
                 admitted = True

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
 import weakref
 from collections.abc import Sequence
 from multiprocessing.util import Finalize
@@ -22,13 +21,10 @@ except (ImportError, OSError, TypeError, AttributeError) as exc:  # pragma: no c
         "RateLimiter needs System V semaphores (Linux, macOS), which this platform lacks "
         f"({type(exc).__name__}: {exc}); use procthrottle.redis.RedisRateLimiter instead"
     )
-from . import _window
+from . import _clock, _window
 from ._base import RateLimits, Reservation, max_wait_ns
 from ._layout import MAX_COUNT, MAX_QUOTAS, Layout, differences, max_set_size
 from ._parse import check_burst, check_extra, check_n, interval_ns, quotas_ns, rate_pair
-
-_monotonic_ns = time.monotonic_ns
-#: A reservation: ``(slot, tats_before, tats_after)``, all in monotonic nanoseconds.
 
 _live: weakref.WeakSet[RateLimiter] = weakref.WeakSet()
 _anonymous: weakref.WeakValueDictionary[int, RateLimiter] = weakref.WeakValueDictionary()
@@ -176,6 +172,10 @@ class RateLimiter(RateLimits):
         self._attached = False
 
     # -- reservations --------------------------------------------------------------------
+    def _now_ns(self) -> int:
+        """Now on the host's monotonic clock, which the shared state keeps (`_clock`)."""
+        return _clock.now_ns()
+
     def _reserve(self, n: int, max_wait: int | None) -> Reservation | None:
         """Reserve a slot for ``n`` unless it is more than ``max_wait`` ns away (None: any)."""
         if not self._attached:
@@ -193,7 +193,7 @@ class RateLimiter(RateLimits):
                     tats = store.read()
                     fresh = True
                 tat = tats[0]
-                now = _monotonic_ns()
+                now = _clock.now_ns()
                 slot = (tat if tat > now else now) + (n - burst) * interval
                 if slot < now:
                     slot = now
@@ -211,7 +211,7 @@ class RateLimiter(RateLimits):
         layout = self._layout
         while True:  # with window quotas: read everything, every time
             values = store.read_values()
-            now = _monotonic_ns()
+            now = _clock.now_ns()
             slot, old, new = _window.reserve(values, layout, now, n)
             if max_wait is not None and slot - now > max_wait:
                 return None
@@ -228,7 +228,7 @@ class RateLimiter(RateLimits):
         if tats is None or not interval or not self._attached:
             return self._closed is None and self._reserve(n, 0) is not None
         tat = tats[0]
-        now = _monotonic_ns()
+        now = _clock.now_ns()
         base = tat if tat > now else now
         if base + (n - self._burst) * interval > now:
             return False
