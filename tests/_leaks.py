@@ -72,3 +72,45 @@ def leaked_since(before: Snapshot) -> list[str]:
             if pid == me or not pid_alive(pid):
                 found.append(f"anonymous POSIX semaphore {path}")
     return found
+
+
+def sets_left_since(before: set[int], *, grace: float = 2.0) -> set[int]:
+    """Anonymous procthrottle sets (semaphores and rate limiters) made since `before` that are
+    left behind: nobody is attached to them, or only this process is.
+
+    The host may be shared with other procthrottle programs, whose anonymous sets come and go:
+    a set that a live process is attached to is in use, not leaked. A set whose last user is
+    removing it is briefly unattached, so a candidate counts only if it is still there, still
+    unattached, after `grace` seconds.
+    """
+    import time
+
+    deadline = time.monotonic() + grace
+    candidates = {semid for semid in sysv_sets() - before if _unused(semid)}
+    while candidates and time.monotonic() < deadline:
+        time.sleep(0.05)
+        candidates = {semid for semid in candidates if _unused(semid)}
+    return candidates
+
+
+def _unused(semid: int) -> bool:
+    """Anonymous, and attached by nobody but this process (False if it is gone or not ours)."""
+    from procthrottle._kernel import _libc, _naming
+    from procthrottle._rate import _store
+
+    try:
+        layout = _naming._layout(semid)
+        if layout is not None:
+            anonymous, attach = layout[0] == _naming.ANONYMOUS_TAG, _naming.ATTACH
+        else:
+            header = _store.read_header(semid)
+            if header is None:
+                return False
+            anonymous, attach = header.tag == _store.ANONYMOUS_TAG, _store.ATTACH
+        if not anonymous:
+            return False  # named objects are the tests' own, by unique name (leaked_since)
+        attached = _libc.getval(semid, attach)
+        last = _libc.getctl(semid, attach, _libc.GETPID)
+    except OSError:
+        return False  # removed meanwhile, or not readable: not ours
+    return attached == 0 or (attached == 1 and last == os.getpid())

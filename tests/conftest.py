@@ -34,12 +34,31 @@ def _no_leaked_kernel_objects() -> Iterator[None]:
 
 @pytest.fixture(scope="session", autouse=True)
 def _unlink_throttled_funcs_semaphore(_no_leaked_kernel_objects: None) -> Iterator[None]:
-    """The named semaphore of tests/throttled_funcs.py, made when a test module imports it:
+    """The named semaphores of tests/throttled_funcs.py, made when a test module imports it:
     unlinked after the session (before the leak check), whichever modules ran."""
     yield
     module = sys.modules.get("throttled_funcs")
     if module is not None:
-        module.SEMAPHORE.unlink()
+        module.unlink_names()
+
+
+@pytest.fixture(scope="session")
+def other_procthrottle_user() -> Iterator[subprocess.Popen[str]]:
+    """Another program of this user making and removing anonymous semaphores and rate limiters
+    in a loop (tests/churn.py) while the test runs: leak checks must count only their own."""
+    from helpers import python_env
+
+    churn = subprocess.Popen(
+        [sys.executable, str(Path(__file__).with_name("churn.py"))], env=python_env(),
+        text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    assert churn.stdout is not None
+    assert churn.stdout.readline() == "ready\n", churn.stderr.read() if churn.stderr else ""
+    yield churn
+    churn.terminate()  # it stops at the end of its round and removes what it made
+    out, err = churn.communicate(timeout=30)
+    assert churn.returncode == 0, err
+    assert int(out) > 0
 
 
 @pytest.fixture

@@ -114,7 +114,36 @@ def test_other_limit_for_existing_name_is_exit_2(name: str) -> None:
     assert cli("run", "--name", name, "--limit", "2", "--", "true").returncode == 0
     out = cli("run", "--name", name, "--limit", "3", "--", "true")
     assert out.returncode == 2
-    assert "already exists with limit=2" in out.stderr
+    assert "exists with limit 2, not 3: leave out --limit" in out.stderr
+    assert "limit=" not in out.stderr  # not the Python API's words
+    assert "ProcessSemaphore" not in out.stderr
+
+
+def test_the_other_kernel_says_which_option_to_change(name: str) -> None:
+    assert cli("run", name, "--limit", "1", "--", "true").returncode == 0
+    for args in (["--no-crash-safe"], ["--no-crash-safe", "--limit", "1"]):
+        out = cli("run", name, *args, "--", "true")
+        assert out.returncode == 2
+        assert "drop --no-crash-safe" in out.stderr, out.stderr
+        assert "crash_safe=" not in out.stderr
+    assert cli("unlink", name).returncode == 0
+    assert cli("run", name, "--no-crash-safe", "--limit", "1", "--", "true").returncode == 0
+    for args in ([], ["--limit", "1"]):
+        out = cli("run", name, *args, "--", "true")
+        assert out.returncode == 2
+        assert "add --no-crash-safe" in out.stderr, out.stderr
+
+
+def test_the_name_may_come_first(name: str) -> None:
+    """As with flock: `procthrottle run NAME -- CMD`, options before or after NAME."""
+    assert cli("run", name, "--limit", "2", "--", "echo", "a").stdout == "a\n"
+    assert cli("run", "--limit", "2", name, "--", "echo", "b").stdout == "b\n"
+    assert cli("run", name, "echo", "c").stdout == "c\n"
+    assert cli("run", "--name", name, "--", "echo", "d").stdout == "d\n"  # --name still works
+    assert ProcessSemaphore.open(name).limit == 2
+    missing = cli("run", "--", "true")
+    assert missing.returncode == 2
+    assert "procthrottle run NAME -- CMD" in missing.stderr
 
 
 def test_six_concurrent_invocations_keep_the_bound(name: str, tmp_path: Path) -> None:
@@ -414,6 +443,46 @@ def test_rate_spaces_the_commands_out_host_wide(name: str, tmp_path: Path) -> No
     from procthrottle._rate import _store
 
     assert _store.unlink_named(f"{name}.rate")
+
+
+def test_status_of_name_finds_the_rate_limiter_run_made(name: str) -> None:
+    assert cli("run", "--name", name, "--rate", "5/s", "--", "true").returncode == 0
+    out = cli("status", name)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith(f"{name}.rate: rate limiter, 5 per 1 s")
+    assert "run --name" in out.stdout
+    info = json.loads(cli("status", name, "--json").stdout)
+    assert (info["name"], info["kind"]) == (f"{name}.rate", "rate")
+    assert cli("unlink", f"{name}.rate").returncode == 0
+
+
+@pytest.mark.timeout(60)
+def test_no_permit_is_held_while_waiting_for_the_rate(name: str) -> None:
+    """`run --limit 1 --rate R`: while a command waits for its turn under the rate, the
+    semaphore's permit stays free for its other users."""
+    from procthrottle import RateLimiter
+
+    sem = ProcessSemaphore(1, name=name)
+    limiter = RateLimiter("20/min", name=f"{name}.rate")
+    assert limiter.acquire()  # the next turn is 3 s away
+    run = subprocess.Popen([*CLI, "run", name, "--limit", "1", "--rate", "20/min", "--",
+                            "true"], env=python_env(), text=True, stderr=subprocess.PIPE)
+    try:
+        attached = sem.attached  # type: ignore[attr-defined]  # the System V kernel's count
+        assert attached == 1
+        # it opened the semaphore, then waits for its turn
+        wait_until(lambda: sem.attached == 2)  # type: ignore[attr-defined]
+        assert sem.acquire(timeout=1.0)  # the permit is free meanwhile
+        assert run.poll() is None  # (it was still waiting)
+        sem.release()
+        _, err = run.communicate(timeout=30)
+        assert run.returncode == 0, err
+    finally:
+        if run.poll() is None:
+            run.kill()
+        run.communicate()
+        limiter.unlink()
+        sem.close()
 
 
 def test_rate_with_no_wait_gives_the_conflict_code(name: str) -> None:

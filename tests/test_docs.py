@@ -21,7 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from helpers import PYTHON, python_env, sysv_sets
+from _leaks import sets_left_since
+from helpers import PYTHON, python_env, sysv_sets, unique_name
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -155,19 +156,40 @@ multiprocessing.set_start_method("spawn", force=True)
 """
 
 
-def kernel_objects() -> set[str]:
-    """procthrottle's System V sets and POSIX semaphores (the host is shared: see `ours`)."""
-    objects = {f"sysv:{semid}" for semid in sysv_sets()}
+#: ``name="..."`` in a snippet: each run gets names of its own (see `isolate_names`).
+NAME_ARGUMENT = re.compile(r"""(name=)(["'])([A-Za-z0-9._-]+)\2""")
+
+
+def isolate_names(code: str) -> tuple[str, list[str]]:
+    """The snippet with every literal ``name="X"`` made unique to this run, and those names.
+
+    The snippets use everyday names ("gpu"), which another program on the host may be using:
+    the test must neither meet that program's semaphore nor remove it afterwards.
+    """
+    names: list[str] = []
+
+    def unique(match: re.Match[str]) -> str:
+        name = unique_name(match[3])
+        names.append(name)
+        return f"{match[1]}{match[2]}{name}{match[2]}"
+
+    return NAME_ARGUMENT.sub(unique, code), names
+
+
+def remove_names(names: list[str]) -> None:
+    """Remove what the snippet's names left on the host: names stay until unlinked, by design."""
+    from procthrottle._kernel import _inventory
+
+    for name in names:
+        _inventory.unlink_any(name)
+        if len(name) <= 195:
+            _inventory.unlink_any(f"{name}.rate")
+
+
+def anonymous_files(pid: int) -> set[str]:
+    """The anonymous POSIX semaphores of process `pid` (their file name has the pid)."""
     shm = Path("/dev/shm")
-    if shm.is_dir():
-        objects |= {f"shm:{p.name}" for p in shm.iterdir() if p.name.startswith("sem.pt-")}
-    return objects
-
-
-def ours(objects: set[str], pid: int) -> set[str]:
-    """Leave out anonymous POSIX semaphores made by other processes (their name has the pid)."""
-    return {o for o in objects if not o.startswith("shm:sem.pt-anon-")
-            or o.startswith(f"shm:sem.pt-anon-{pid}-")}
+    return {p.name for p in shm.glob(f"sem.pt-anon-{pid}-*")} if shm.is_dir() else set()
 
 
 def test_snippets_are_found_and_every_skip_gives_a_reason() -> None:
@@ -180,24 +202,82 @@ def test_snippets_are_found_and_every_skip_gives_a_reason() -> None:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="counts Linux kernel objects")
 @pytest.mark.timeout(120)
+@pytest.mark.usefixtures("other_procthrottle_user")
 @pytest.mark.parametrize("where", sorted(BLOCKS))
 def test_snippet_runs_under_spawn(where: str, tmp_path: Path) -> None:
     code = BLOCKS[where]
     if code.lstrip().startswith("# not run"):
         pytest.skip(code.lstrip().splitlines()[0][2:])
     (tmp_path / "sitecustomize.py").write_text(SPAWN)
+    code, names = isolate_names(code)
     script = tmp_path / "snippet.py"
     script.write_text(code + "\n")
     env = python_env()
     env["PYTHONPATH"] = str(tmp_path) + os.pathsep + env["PYTHONPATH"]
-    before = kernel_objects()
-    proc = subprocess.Popen([PYTHON, str(script)], cwd=tmp_path, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    _, err = proc.communicate(timeout=100)
+    before = sysv_sets()
+    try:
+        proc = subprocess.Popen([PYTHON, str(script)], cwd=tmp_path, env=env, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        _, err = proc.communicate(timeout=100)
+    finally:
+        remove_names(names)
     assert proc.returncode == 0, f"{where} failed:\n{err[-3000:]}"
     assert "Traceback" not in err, err[-3000:]
-    left = ours(kernel_objects() - before, proc.pid)
+    left = sets_left_since(before) | anonymous_files(proc.pid)
     assert not left, f"{where} (pid {proc.pid}) left kernel objects behind: {left}"
+
+
+OTHER_USER = """\
+import sys, time
+from pathlib import Path
+from procthrottle import ProcessSemaphore
+sem = ProcessSemaphore(2, name=sys.argv[1])
+print("ready", flush=True)
+uses = 0
+while not Path(sys.argv[2]).exists() or uses < 10:
+    with sem:               # raises SemaphoreClosedError if someone unlinked the name
+        time.sleep(0.001)
+    uses += 1
+sem.close()
+print(uses, flush=True)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="counts Linux kernel objects")
+@pytest.mark.timeout(150)
+def test_readme_program_twice_at_once_beside_another_user_of_its_name(tmp_path: Path) -> None:
+    """The README's first program, run twice at once while another program uses its name:
+    all three succeed (no copy removes the name from under the others)."""
+    where = next(w for w in sorted(BLOCKS, key=lambda w: int(w.partition(":")[2]))
+                 if w.startswith("README.md:"))
+    code, names = isolate_names(BLOCKS[where])
+    assert len(names) == 1, "the README's first program shares one name"
+    (tmp_path / "sitecustomize.py").write_text(SPAWN)
+    (tmp_path / "readme.py").write_text(code + "\n")
+    (tmp_path / "other.py").write_text(OTHER_USER)
+    stop = tmp_path / "stop"
+    env = python_env()
+    env["PYTHONPATH"] = str(tmp_path) + os.pathsep + env["PYTHONPATH"]
+
+    def start(*args: str) -> subprocess.Popen[str]:
+        return subprocess.Popen([PYTHON, *args], cwd=tmp_path, env=env, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+    try:
+        other = start("other.py", names[0], str(stop))
+        assert other.stdout is not None
+        assert other.stdout.readline() == "ready\n"
+        copies = [start("readme.py"), start("readme.py")]
+        for copy in copies:
+            _, err = copy.communicate(timeout=100)
+            assert copy.returncode == 0, err[-3000:]
+        stop.touch()
+        out, err = other.communicate(timeout=30)
+        assert other.returncode == 0, err[-3000:]  # its every acquire and release worked
+        assert int(out) >= 10
+    finally:
+        remove_names(names)
+
 
 
 def test_spawn_is_really_the_start_method(tmp_path: Path) -> None:

@@ -7,7 +7,9 @@ import inspect
 import pickle
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+import warnings
+from collections.abc import AsyncIterator, Coroutine, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import anyio
@@ -15,7 +17,7 @@ import pytest
 
 import throttled_funcs
 from helpers import lag_while
-from procthrottle import AsyncSemaphore, ProcessSemaphore, throttle
+from procthrottle import AsyncRateLimiter, AsyncSemaphore, ProcessSemaphore, RateLimiter, throttle
 
 pytestmark = pytest.mark.anyio
 
@@ -160,46 +162,80 @@ def test_bare_decorator_and_no_arguments_say_what_to_do() -> None:
         throttle(2, rate=object())
 
 
-class CountingRate:
-    """A stand-in rate limiter: records when it was asked, and whether a permit was held."""
+class WaitingRate:
+    """A real RateLimiter whose next slot is `wait` s away; says when a caller starts waiting."""
 
-    def __init__(self, sem: ProcessSemaphore) -> None:
-        self.sem = sem
-        self.calls: list[int] = []
+    def __init__(self, wait: float) -> None:
+        self.limiter = RateLimiter(1, per=wait)
+        self.limiter.acquire()  # the slot now is taken: the next is `wait` s away
+        self.waiting = threading.Event()
 
     def acquire(self, timeout: float | None = None) -> bool:
-        self.calls.append(self.sem.value)
-        return True
+        self.waiting.set()
+        return self.limiter.acquire(timeout=timeout)
 
 
-class AsyncCountingRate(CountingRate):
+class AsyncWaitingRate(WaitingRate):
     async def acquire(self, timeout: float | None = None) -> bool:  # type: ignore[override]
-        await anyio.sleep(0)
-        self.calls.append(self.sem.value)
-        return True
+        self.waiting.set()
+        return await AsyncRateLimiter(self.limiter).acquire(timeout=timeout)
 
 
-async def test_rate_is_taken_after_the_permit() -> None:
+@pytest.mark.timeout(30)
+def test_no_permit_is_held_while_waiting_for_the_rate() -> None:
     sem = ProcessSemaphore(1)
-    rate, arate = CountingRate(sem), AsyncCountingRate(sem)
+    rate = WaitingRate(1.0)
 
     @throttle(sem, rate=rate)
-    def sync_call() -> int:
+    def call() -> int:
+        return sem.value
+
+    caller = ThreadPoolExecutor(1)
+    inside = caller.submit(call)
+    assert rate.waiting.wait(10)
+    # another user of the semaphore gets the permit while the call sleeps for its rate slot
+    assert sem.acquire(timeout=0.3)
+    sem.release()
+    assert inside.result(10) == 0  # and the call took the permit once its slot came
+    caller.shutdown()
+    assert sem.value == 1
+
+
+@pytest.mark.timeout(30)
+async def test_no_permit_is_held_while_awaiting_the_rate() -> None:
+    sem = ProcessSemaphore(1)
+    rate = AsyncWaitingRate(1.0)
+    seen: list[int] = []
+
+    @throttle(sem, rate=rate)
+    async def call() -> None:
+        seen.append(sem.value)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(call)
+        await anyio.to_thread.run_sync(rate.waiting.wait, 10)
+        got = await anyio.to_thread.run_sync(lambda: sem.acquire(timeout=0.3))
+        assert got  # free while the call awaits its rate slot
+        sem.release()
+    assert seen == [0]
+    assert sem.value == 1
+
+
+def test_a_plain_function_returning_a_coroutine_is_refused_permit_back() -> None:
+    sem = ProcessSemaphore(1)
+
+    async def fetch() -> int:
         return 1
 
-    @throttle(sem, rate=arate)
-    async def async_call() -> int:
-        return 2
+    def make() -> Coroutine[Any, Any, int]:
+        return fetch()  # a plain def (or a lambda) that returns a coroutine
 
-    @throttle(rate=arate)
-    async def rate_only() -> int:
-        return 3
-
-    assert sync_call() == 1
-    assert await async_call() == 2
-    assert await rate_only() == 3
-    assert rate.calls == [0]  # asked while the permit was held
-    assert arate.calls == [0, 1]
+    wrapped = throttle(sem)(make)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the coroutine is closed: no "never awaited"
+        with pytest.raises(TypeError, match="async def"):
+            wrapped()  # type: ignore[unused-coroutine]  # it raises
+    assert sem.value == 1
 
 
 def test_decorated_module_functions_pickle_by_reference() -> None:

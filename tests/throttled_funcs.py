@@ -30,3 +30,34 @@ def bounded(path: str) -> int:
 async def bounded_async(x: int) -> int:
     """The async shape: awaits its permit; pickles by reference like `bounded`."""
     return x
+
+
+@throttle(1)
+def one_at_a_time(path: str) -> int:
+    """An anonymous limit of 1: hold it 0.1 s and record when, from whichever process."""
+    return _record(path)
+
+
+@throttle(1, name=f"{NAME}-by-name")
+def one_host_wide(path: str) -> int:
+    """The host-wide form: every process that imports this module shares the name."""
+    return _record(path)
+
+
+def call_by_name(path: str) -> int:
+    """Reaches `one_at_a_time` by importing it, not by receiving it."""
+    return one_at_a_time(path)
+
+
+def _record(path: str) -> int:
+    start = time.monotonic()
+    time.sleep(0.1)
+    with open(path, "a") as f:
+        f.write(f"{os.getpid()} {start} {time.monotonic()}\n")
+    return os.getpid()
+
+
+def unlink_names() -> None:
+    """Remove this module's host-wide names (the suite's conftest does, after the session)."""
+    SEMAPHORE.unlink()
+    ProcessSemaphore.open(f"{NAME}-by-name").unlink()

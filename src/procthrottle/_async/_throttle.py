@@ -12,25 +12,9 @@ from .._kernel._semaphore import ProcessSemaphore
 from .._kernel._validate import check_limit, check_timeout
 from .._rate._gates import rate_gate
 from ._semaphore import AsyncSemaphore, SyncSemaphore
+from ._throttled import Adapter, Limits, Throttled
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-class _Adapter:
-    """The AsyncSemaphore of a semaphore, made on first use (it is cheap: every adapter over
-    one semaphore shares one core and one waiter thread)."""
-
-    __slots__ = ("_async", "semaphore")
-
-    def __init__(self, semaphore: ProcessSemaphore | SyncSemaphore) -> None:
-        self.semaphore = semaphore
-        self._async: AsyncSemaphore | None = None
-
-    def get(self) -> AsyncSemaphore:
-        adapter = self._async
-        if adapter is None:
-            adapter = self._async = AsyncSemaphore(self.semaphore)
-        return adapter
 
 
 def _is_async_callable(fn: Any) -> bool:
@@ -45,12 +29,12 @@ def _is_async_callable(fn: Any) -> bool:
         and inspect.iscoroutinefunction(call)
     )
 
-
 def throttle(
     limit_or_semaphore: int | ProcessSemaphore | AsyncSemaphore | None = None,
     *,
     rate: Any = None,
     timeout: float | None = None,
+    name: str | None = None,
 ) -> Callable[[F], F]:
     """Let at most ``limit`` calls of the decorated callable run at once, across processes.
 
@@ -60,29 +44,44 @@ def throttle(
     ``@classmethod``). Generator functions, async or not, are refused: calling one only makes
     the generator, and a permit held for a generator's whole life would outlive a consumer
     that stops iterating early; put ``async with sem:`` (or ``with sem:``) around the part of
-    the body that needs the bound instead.
+    the body that needs the bound instead. A plain function that returns a coroutine (or any
+    awaitable) is refused at its first call, the permit given back: its work would run after
+    the permit was released; make it an ``async def``.
 
-    An ``int`` makes an anonymous `ProcessSemaphore`, shared with forked children; pass a named
-    one to hold the bound across unrelated processes. A decorated module-level function stays
-    picklable, so it can be submitted to process pools.
+    **Across processes.** An ``int`` makes an anonymous `ProcessSemaphore`; ``name="api"``
+    makes it the host-wide semaphore ``api`` instead (every process on the host that decorates
+    with that name shares it: the one-line host-wide bound). A decorated module-level function
+    pickles by name *with* its semaphore and rate limiter, so the bound holds in every process
+    it reaches: forked children, and pool workers under fork, spawn and forkserver that receive
+    it (``pool.submit(fn, ...)``, ``Process(target=fn)``). A process started by
+    `multiprocessing` that only imported the function's module (and so made an anonymous
+    semaphore of its own) raises `ProcThrottleError` at its first call instead of running
+    with a bound of its own.
 
     Args:
         limit_or_semaphore: An `int` limit, a `ProcessSemaphore` or an `AsyncSemaphore`.
-        rate: A rate each call also waits for, after it got its permit (so the calls *start*
-            at the rate): a `RateLimiter`, an `AsyncRateLimiter`, a string such as ``"10/s"``
-            or a number per second (a new anonymous `RateLimiter`, shared with forked children
-            like an ``int`` limit), a `RedisRateLimiter` (sync functions) or an
-            `AsyncRedisRateLimiter`; or None. Async functions sleep on the event loop.
-        timeout: Seconds to wait for the permit (and the rate) at most; None waits forever.
+        rate: A rate each call waits for *before* it takes its permit (so the calls start at
+            the rate, and no permit is held while sleeping for a rate slot): a `RateLimiter`,
+            an `AsyncRateLimiter`, a string such as ``"10/s"`` or a number per second (a new
+            anonymous `RateLimiter`, which travels with the function like an ``int`` limit's
+            semaphore), a `RedisRateLimiter` (sync functions) or an `AsyncRedisRateLimiter`;
+            or None. Async functions sleep on the event loop.
+        timeout: Seconds to wait for the rate and the permit together at most; None waits
+            forever.
+        name: With an ``int`` limit: the host-wide name of its semaphore (created with that
+            limit, or joined; `ProcessSemaphore`'s naming rules). It stays on the host until
+            removed (``procthrottle unlink NAME``), like any named semaphore.
 
     Returns:
         The decorator.
 
     Raises:
-        TypeError: Bad arguments, a bare ``@throttle`` (use ``@throttle(N)``), or an async
-            generator function.
-        ValueError: A limit below 1 or a NaN timeout.
-        TimeoutError: (From a decorated call) no permit came within ``timeout``.
+        TypeError: Bad arguments, a bare ``@throttle`` (use ``@throttle(N)``), ``name=``
+            without an ``int`` limit, or a generator function.
+        ValueError: A limit below 1, a bad name, a NaN timeout, or ``name`` existing with
+            another limit.
+        TimeoutError: (From a decorated call) no rate slot and permit came within ``timeout``.
+        ProcThrottleError: (From a decorated call) see "Across processes" above.
     """
     if callable(limit_or_semaphore) and not isinstance(
         limit_or_semaphore, AsyncSemaphore | ProcessSemaphore
@@ -91,34 +90,50 @@ def throttle(
             "throttle needs a limit: use @throttle(N) (or @throttle(semaphore), "
             "@throttle(rate=...)), not a bare @throttle"
         )
+    if name is not None and (
+        not isinstance(limit_or_semaphore, int) or isinstance(limit_or_semaphore, bool)
+    ):
+        raise TypeError(
+            "name= names the semaphore that throttle makes from an int limit: use "
+            f"@throttle(N, name={name!r}); a ProcessSemaphore or AsyncSemaphore has its own name"
+        )
     gate = rate_gate(rate)
     if limit_or_semaphore is None and gate is None:
         raise TypeError(
             "throttle needs a limit, a semaphore or a rate: use @throttle(N), "
             "@throttle(semaphore) or @throttle(rate=limiter)"
         )
+    shown = ", ".join(
+        [repr(limit_or_semaphore)] * (limit_or_semaphore is not None)
+        + [f"rate={rate!r}"] * (rate is not None)
+        + [f"name={name!r}"] * (name is not None)
+    )
     timeout = check_timeout(timeout)
-    take_rate = None if gate is None else gate.sync
-    adapter: _Adapter | None
+    made_rate = gate is not None and isinstance(rate, str | int | float)
+    adapter: Adapter | None
     sync_sem: ProcessSemaphore | SyncSemaphore | None
+    made_sem = False
     if limit_or_semaphore is None:
         adapter = sync_sem = None
     elif isinstance(limit_or_semaphore, AsyncSemaphore):
         sync_sem = limit_or_semaphore.semaphore
-        adapter = _Adapter(sync_sem)
+        adapter = Adapter(sync_sem)
         adapter._async = limit_or_semaphore
     elif isinstance(limit_or_semaphore, int | ProcessSemaphore) and not isinstance(
         limit_or_semaphore, bool
     ):
         if isinstance(limit_or_semaphore, int):
-            limit_or_semaphore = ProcessSemaphore(check_limit(limit_or_semaphore))
+            made_sem = name is None
+            limit_or_semaphore = ProcessSemaphore(check_limit(limit_or_semaphore), name=name)
         sync_sem = limit_or_semaphore
-        adapter = _Adapter(sync_sem)
+        adapter = Adapter(sync_sem)
     else:
         raise TypeError(
             "limit_or_semaphore must be an int, a ProcessSemaphore or an AsyncSemaphore, "
             f"not {type(limit_or_semaphore).__name__}"
         )
+    limits = Limits(sync_sem, adapter, gate, made_sem=made_sem, made_rate=made_rate,
+                    what=f"@throttle({shown})")
 
     def decorate(fn: F) -> F:
         if isinstance(fn, staticmethod):
@@ -144,54 +159,91 @@ def throttle(
                     f"rate={gate.limiter!r} blocks, so it cannot bound the async function "
                     f"{_name(fn)}: pass a RateLimiter or an AsyncRedisRateLimiter instead"
                 )
-            return _wrap_async(fn)  # type: ignore[return-value]
-        if gate is not None and take_rate is None:
-            raise TypeError(
-                f"rate={gate.limiter!r} can only be awaited, so it cannot bound the function "
-                f"{_name(fn)}: pass a RateLimiter instead"
-            )
-        return _wrap_sync(fn)  # type: ignore[return-value]
-
-    def too_slow(fn: Callable[..., Any]) -> TimeoutError:
-        within = "at once (timeout <= 0)" if timeout is not None and timeout <= 0 else (
-            f"within {timeout} s"
-        )
-        return TimeoutError(f"no permit to call {_name(fn)} {within}")
-
-    def _wrap_async(fn: Callable[..., Any]) -> Callable[..., Any]:
-        @functools.wraps(fn)
-        async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-            sem = adapter.get() if adapter is not None else None
-            deadline = None if timeout is None else time.monotonic() + timeout
-            if sem is not None and not await sem.acquire(timeout=timeout):
-                raise too_slow(fn)
-            try:
-                if gate is not None and not await gate.wait(_left(deadline)):
-                    raise too_slow(fn)
-                return await fn(*args, **kwargs)
-            finally:
-                if sem is not None:
-                    sem.release()
-
-        return async_wrapper
-
-    def _wrap_sync(fn: Callable[..., Any]) -> Callable[..., Any]:
-        @functools.wraps(fn)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            deadline = None if timeout is None else time.monotonic() + timeout
-            if sync_sem is not None and not sync_sem.acquire(True, timeout):
-                raise too_slow(fn)
-            try:
-                if take_rate is not None and not take_rate(_left(deadline)):
-                    raise too_slow(fn)
-                return fn(*args, **kwargs)
-            finally:
-                if sync_sem is not None:
-                    sync_sem.release()
-
-        return wrapper
+            wrapper = _wrap_async(fn, limits, timeout)
+        else:
+            if gate is not None and gate.sync is None:
+                raise TypeError(
+                    f"rate={gate.limiter!r} can only be awaited, so it cannot bound the "
+                    f"function {_name(fn)}: pass a RateLimiter instead"
+                )
+            wrapper = _wrap_sync(fn, limits, timeout)
+        throttled = Throttled(wrapper)
+        functools.update_wrapper(throttled, fn)
+        throttled._limits = limits
+        return throttled  # type: ignore[return-value]
 
     return decorate
+
+
+def _wrap_async(fn: Callable[..., Any], limits: Limits, timeout: float | None) -> Any:
+    module_level = "<locals>" not in _name(fn)
+    where = f"{getattr(fn, '__module__', '?')}.{_name(fn)}"
+
+    async def throttled(*args: Any, **kwargs: Any) -> Any:
+        if module_level:
+            limits.check_shared(where)
+        adapter, gate = limits.adapter, limits.gate  # one pair per call (see Limits.adopt)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        # the rate first: no permit is held while sleeping for a rate slot
+        if gate is not None and not await gate.wait(timeout):
+            raise _too_slow(fn, timeout)
+        sem = None if adapter is None else adapter.get()
+        if sem is not None and not await sem.acquire(timeout=_left(deadline)):
+            raise _too_slow(fn, timeout)
+        try:
+            return await fn(*args, **kwargs)
+        finally:
+            if sem is not None:
+                sem.release()
+
+    return throttled
+
+
+def _wrap_sync(fn: Callable[..., Any], limits: Limits, timeout: float | None) -> Any:
+    module_level = "<locals>" not in _name(fn)
+    where = f"{getattr(fn, '__module__', '?')}.{_name(fn)}"
+
+    def throttled(*args: Any, **kwargs: Any) -> Any:
+        if module_level:
+            limits.check_shared(where)
+        sem, gate = limits.sem, limits.gate  # one pair per call (see Limits.adopt)
+        take_rate = None if gate is None else gate.sync
+        deadline = None if timeout is None else time.monotonic() + timeout
+        # the rate first: no permit is held while sleeping for a rate slot
+        if take_rate is not None and not take_rate(timeout):
+            raise _too_slow(fn, timeout)
+        if sem is not None and not sem.acquire(True, _left(deadline)):
+            raise _too_slow(fn, timeout)
+        try:
+            result = fn(*args, **kwargs)
+        finally:
+            if sem is not None:
+                sem.release()
+        if inspect.isawaitable(result):
+            _discard(result)
+            raise TypeError(
+                f"{_name(fn)} is a plain function that returned {type(result).__name__}: "
+                "@throttle would give its permit back before that awaitable runs. Make it an "
+                f"`async def` that awaits the work (async def {_name(fn).rpartition('.')[2]}"
+                "(...): return await ...), and @throttle holds the permit until it is done"
+            )
+        return result
+
+    return throttled
+
+
+def _discard(awaitable: Any) -> None:
+    """Close a coroutine that will never run (no 'never awaited' warning); leave others be."""
+    close = getattr(awaitable, "close", None)
+    if inspect.iscoroutine(awaitable) and close is not None:
+        close()
+
+
+def _too_slow(fn: Callable[..., Any], timeout: float | None) -> TimeoutError:
+    within = "at once (timeout <= 0)" if timeout is not None and timeout <= 0 else (
+        f"within {timeout} s"
+    )
+    return TimeoutError(f"no permit to call {_name(fn)} {within}")
 
 
 def _left(deadline: float | None) -> float | None:

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from .._exceptions import SemaphoreClosedError
+from .._kernel._validate import MAX_NAME_LENGTH
 from . import _names
 from ._errors import (
     EXIT_CONFLICT,
@@ -40,8 +41,11 @@ __all__ = ["build_parser", "main"]
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line with ``argv`` (default ``sys.argv[1:]``); return the exit code."""
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
         args = parser.parse_args(argv)
+        if args.command == "run" and args.name is None:  # `run NAME [options] -- CMD`
+            args = parser.parse_args(_name_first(argv, args.cmd))
         return _dispatch(args)
     except CliError as exc:
         _say(f"procthrottle: {exc}")
@@ -74,6 +78,21 @@ def _dispatch(args: argparse.Namespace) -> int:
     return _unlink(args.name)
 
 
+def _name_first(argv: list[str], rest: list[str]) -> list[str]:
+    """``run [options] NAME [options] -- CMD`` as ``run [options] --name NAME [options] -- CMD``.
+
+    Without ``--name``, everything from the first positional argument on is in ``rest`` (the
+    parser's remainder): that argument is NAME, and what follows it is parsed again.
+    """
+    if not rest or rest[0] == "--":
+        raise CliError(
+            "run: give the semaphore's name: procthrottle run NAME -- CMD (or --name NAME)",
+            EXIT_USAGE,
+        )
+    before = argv[: len(argv) - len(rest)]
+    return [*before, "--name", rest[0], *rest[1:]]
+
+
 def _run(
     name: str,
     cmd: list[str],
@@ -91,9 +110,16 @@ def _run(
     # joined as it exists) bounds how many commands run at once.
     # The rate limiter first: a bad rate, or a NAME too long for its NAME.rate, makes nothing.
     limiter = None if rate is None else _names.rate_limiter(name, rate)
-    sem = None if rate is not None and limit is None else _names.open_semaphore(
-        name, limit, crash_safe=crash_safe)
+    sem = None
     try:
+        sem = None if rate is not None and limit is None else _names.open_semaphore(
+            name, limit, crash_safe=crash_safe)
+        # The turn under the rate first, then the permit: no permit is held while waiting
+        # for a rate slot (that would starve the semaphore's other users).
+        if limiter is not None and not limiter.acquire(block=wait, timeout=_left(deadline)):
+            _say(f"procthrottle: no turn under rate {rate} " + (
+                "now (--no-wait)" if not wait else f"within {timeout:g} s (--timeout)"))
+            return conflict
         if sem is not None:
             try:
                 got = sem.acquire(block=wait, timeout=_left(deadline))
@@ -105,10 +131,6 @@ def _run(
                     "free (--no-wait)" if not wait else f"within {timeout:g} s (--timeout)"))
                 return conflict
         try:
-            if limiter is not None and not limiter.acquire(block=wait, timeout=_left(deadline)):
-                _say(f"procthrottle: no turn under rate {rate} " + (
-                    "now (--no-wait)" if not wait else f"within {timeout:g} s (--timeout)"))
-                return conflict
             return run_command(cmd)
         finally:
             if sem is not None:
@@ -126,16 +148,22 @@ def _left(deadline: float | None) -> float | None:
 
 
 def _status(name: str, *, as_json: bool) -> int:
+    """NAME as a semaphore or a rate limiter; also ``NAME.rate``, which ``run --name NAME
+    --rate R`` makes beside (or instead of) the semaphore NAME."""
     found = _names.describe(name)
-    rate = _names.describe_rate(name)
-    if not found and rate is None:
+    rates = [_names.describe_rate(name)]
+    if not name.endswith(".rate") and len(_names.rate_name(name)) <= MAX_NAME_LENGTH:
+        rates.append(_names.describe_rate(_names.rate_name(name)))
+    if not found and not any(rates):
         raise _not_found(name)
     for info in found:
         print(json.dumps(_as_dict(info)) if as_json else _line(info))
-    if rate is not None:
-        print(json.dumps(_rate_dict(rate)) if as_json else
-              f"{rate.name}: rate limiter, {rate.rate_text}, burst {rate.burst}, "
-              f"processes attached {rate.attached}")
+    for rate in rates:
+        if rate is not None:
+            made_by_run = " (made by `run --name " + name + " --rate`)" if rate.name != name else ""
+            print(json.dumps(_rate_dict(rate)) if as_json else
+                  f"{rate.name}: rate limiter, {rate.rate_text}, burst {rate.burst}, "
+                  f"processes attached {rate.attached}{made_by_run}")
     return 0
 
 

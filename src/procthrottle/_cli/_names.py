@@ -29,7 +29,11 @@ class Limiter(Protocol):
 
 
 def open_semaphore(name: str, limit: int | None, *, crash_safe: bool) -> ProcessSemaphore:
-    """Open (``limit`` None) or open-or-create NAME; errors become one-line ``CliError``."""
+    """Open (``limit`` None) or open-or-create NAME; errors become one-line ``CliError``.
+
+    A NAME that exists with another limit or under the other kernel is told in the command
+    line's own words: which option to leave out or add.
+    """
     kind = "" if crash_safe else " (--no-crash-safe)"
     if limit is not None and crash_safe and limit > MAX_LIMIT:
         raise CliError(
@@ -42,14 +46,35 @@ def open_semaphore(name: str, limit: int | None, *, crash_safe: bool) -> Process
             return ProcessSemaphore.open(name, crash_safe=crash_safe)
         return ProcessSemaphore(limit, name=name, crash_safe=crash_safe)
     except FileNotFoundError:
-        raise CliError(
+        raise _mismatch(name, limit, crash_safe) or CliError(
             f"no semaphore named {name!r}{kind} on this host; give --limit K to create it",
             EXIT_USAGE,
         ) from None
     except (ValueError, TypeError, FileExistsError) as exc:  # another limit or kind, ...
-        raise CliError(str(exc), EXIT_USAGE) from None
+        raise _mismatch(name, limit, crash_safe) or CliError(str(exc), EXIT_USAGE) from None
     except (OSError, ProcThrottleError) as exc:  # PermissionError too
         raise CliError(f"cannot open semaphore {name!r}: {exc}", EXIT_FAILED) from None
+
+
+def _mismatch(name: str, limit: int | None, crash_safe: bool) -> CliError | None:
+    """NAME exists, but not as asked: say which option to change; None if that is not it."""
+    unlink = f"or remove it first with `procthrottle unlink {name}` if nothing uses it"
+    for info in describe(name):
+        if info.crash_safe != crash_safe:
+            if info.crash_safe:
+                fix = "drop --no-crash-safe to join it"
+                what = "a crash-safe semaphore"
+            else:
+                fix = "add --no-crash-safe to join it"
+                what = "a semaphore made with --no-crash-safe (the POSIX kernel)"
+            return CliError(f"{name!r} is {what}: {fix}, {unlink}", EXIT_USAGE)
+        if limit is not None and info.limit and info.limit != limit:
+            return CliError(
+                f"semaphore {name!r} exists with limit {info.limit}, not {limit}: leave out "
+                f"--limit to join it whatever its limit, {unlink}",
+                EXIT_USAGE,
+            )
+    return None
 
 
 def rate_name(name: str) -> str:

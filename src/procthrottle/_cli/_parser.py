@@ -14,8 +14,9 @@ examples:
   # at most 2 of these encoders run at once on this host, whoever starts them
   procthrottle run --name encoder --limit 2 -- ffmpeg -i in.mkv out.mp4
 
-  # join the existing name "encoder" with whatever limit it was created with
-  procthrottle run --name encoder -- ffmpeg -i b.mkv b.mp4
+  # join the existing name "encoder" with whatever limit it was created with (the name may
+  # also come first, as with flock)
+  procthrottle run encoder -- ffmpeg -i b.mkv b.mp4
 
   # give up after 60 s of waiting for a permit: exit code 75 instead of the default 124
   procthrottle run --name db-backup --limit 1 --timeout 60 -E 75 -- ./backup.sh
@@ -24,7 +25,7 @@ examples:
   for f in *.csv; do procthrottle run --name load --limit 4 -- ./load "$f" & done; wait
 
   procthrottle list                    # this user's semaphores
-  procthrottle status encoder          # limit, free permits, holders
+  procthrottle status encoder          # limit, free permits, holders (and encoder.rate)
   procthrottle status encoder --json
   procthrottle unlink encoder          # remove it from the host
 
@@ -137,8 +138,10 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
                                      parser_class=_Parser)
     run = commands.add_parser("run", help="run CMD while holding one permit of NAME",
+                              usage="%(prog)s [NAME | --name NAME] [options] -- CMD [ARGS...]",
                               epilog=EPILOG, formatter_class=formatter)
-    run.add_argument("--name", required=True, type=_name, help="the semaphore's host-wide name")
+    run.add_argument("--name", type=_name,
+                     help="the semaphore's host-wide name (or give NAME first: run NAME -- CMD)")
     run.add_argument(
         "--limit", type=_limit, metavar="K",
         help="permits, when the name is created; leave out to join an existing name "

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from concurrent.futures import Executor, Future
-from typing import Any, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 from .._async._semaphore import SyncSemaphore
 from .._kernel._semaphore import ProcessSemaphore
 from .._rate._gates import sync_rate_limiter
 
 T = TypeVar("T")
+P = ParamSpec("P")
 
 
 def _throttled_call(
@@ -96,7 +97,7 @@ class ThrottledExecutor(Executor):
         """The rate limiter given as ``rate=``, or None."""
         return self._rate
 
-    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+    def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
         """Submit ``fn(*args, **kwargs)`` to the wrapped executor, throttled where it runs.
 
         Args:

@@ -88,22 +88,3 @@ def _result_or_cancel(future: Future[Any] | None, timeout: float | None) -> Any:
     finally:
         future.cancel()
 
-
-def progress_bar() -> Any:
-    try:
-        from tqdm import tqdm
-    except ImportError:  # pragma: no cover
-        raise ImportError(
-            "progress=True needs tqdm: pip install 'procthrottle[progress]'"
-        ) from None
-    return tqdm(unit="task")
-
-
-def with_progress(results: Iterator[T]) -> Iterator[T]:
-    bar = progress_bar()
-    try:
-        for result in results:
-            bar.update(1)
-            yield result
-    finally:
-        bar.close()

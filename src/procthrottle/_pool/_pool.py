@@ -14,20 +14,26 @@ from collections.abc import AsyncGenerator, Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future
 from functools import partial
 from types import TracebackType
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, ParamSpec, TypeVar, overload
 
 import anyio.to_thread
 
 from .._kernel._semaphore import ProcessSemaphore
 from .._kernel._validate import check_limit, check_positive
 from .._rate._gates import sync_rate_limiter
-from .._typing import Self
+from .._typing import Self, TypeVarTuple, Unpack
 from . import _worker
 from ._engine import Engine
 from ._futures import wait_future
-from ._map import Pending, collect, progress_bar, with_progress
+from ._map import Pending, collect
+from ._progress import Progress, open_bar, total_of, with_progress
 
 T = TypeVar("T")
+P = ParamSpec("P")
+Ts = TypeVarTuple("Ts")
+A = TypeVar("A")
+B = TypeVar("B")
+C = TypeVar("C")
 
 
 def _optional_positive(name: str, value: object) -> int | None:
@@ -193,7 +199,7 @@ class ThrottledProcessPool(Executor):
         """The rate limiter given as ``rate=``, or None."""
         return self._rate
 
-    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+    def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
         """Schedule ``fn(*args, **kwargs)`` and return its future.
 
         Args:
@@ -211,6 +217,33 @@ class ThrottledProcessPool(Executor):
         """
         return self._engine.submit(fn, args, kwargs, self._task_timeout)
 
+    @overload
+    def schedule(
+        self,
+        fn: Callable[[Unpack[Ts]], T],
+        args: tuple[Unpack[Ts]] = ...,
+        kwargs: None = None,
+        *,
+        timeout: float | None = None,
+    ) -> Future[T]: ...
+    @overload
+    def schedule(
+        self,
+        fn: Callable[..., T],
+        args: Iterable[Any],
+        kwargs: dict[str, Any],
+        *,
+        timeout: float | None = None,
+    ) -> Future[T]: ...
+    @overload
+    def schedule(
+        self,
+        fn: Callable[..., T],
+        args: list[Any],
+        kwargs: dict[str, Any] | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> Future[T]: ...
     def schedule(
         self,
         fn: Callable[..., T],
@@ -240,6 +273,62 @@ class ThrottledProcessPool(Executor):
         limit = self._task_timeout if timeout is None else _check_timeout("timeout", timeout)
         return self._engine.submit(fn, tuple(args), dict(kwargs or {}), limit)
 
+    # Typed like the builtin map (typeshed): the items must fit fn. Executor.map takes any
+    # iterables for any fn, which these overloads refuse on purpose, hence the ignore.
+    @overload  # type: ignore[override]
+    def map(
+        self,
+        fn: Callable[[A], T],
+        iterable: Iterable[A],
+        /,
+        *,
+        timeout: float | None = None,
+        chunksize: int = 1,
+        buffersize: int | None = None,
+        progress: Progress = False,
+    ) -> Iterator[T]: ...
+    @overload
+    def map(
+        self,
+        fn: Callable[[A, B], T],
+        iterable1: Iterable[A],
+        iterable2: Iterable[B],
+        /,
+        *,
+        timeout: float | None = None,
+        chunksize: int = 1,
+        buffersize: int | None = None,
+        progress: Progress = False,
+    ) -> Iterator[T]: ...
+    @overload
+    def map(
+        self,
+        fn: Callable[[A, B, C], T],
+        iterable1: Iterable[A],
+        iterable2: Iterable[B],
+        iterable3: Iterable[C],
+        /,
+        *,
+        timeout: float | None = None,
+        chunksize: int = 1,
+        buffersize: int | None = None,
+        progress: Progress = False,
+    ) -> Iterator[T]: ...
+    @overload
+    def map(
+        self,
+        fn: Callable[..., T],
+        iterable1: Iterable[Any],
+        iterable2: Iterable[Any],
+        iterable3: Iterable[Any],
+        iterable4: Iterable[Any],
+        /,
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int = 1,
+        buffersize: int | None = None,
+        progress: Progress = False,
+    ) -> Iterator[T]: ...
     def map(
         self,
         fn: Callable[..., T],
@@ -247,7 +336,7 @@ class ThrottledProcessPool(Executor):
         timeout: float | None = None,
         chunksize: int = 1,
         buffersize: int | None = None,
-        progress: bool = False,
+        progress: Progress = False,
     ) -> Iterator[T]:
         """Like ``Executor.map``: results in input order.
 
@@ -259,7 +348,10 @@ class ThrottledProcessPool(Executor):
             chunksize: Items sent as one task.
             buffersize: When given, the map is lazy: it holds at most this many pending items
                 (chunks count ``chunksize`` items), so infinite iterators work.
-            progress: Show a tqdm progress bar (needs ``procthrottle[progress]``).
+            progress: A progress bar: True (tqdm's if installed, else a plain line on stderr;
+                its total is the inputs' length when they have one), a dict of tqdm options
+                (``desc``, ``position``, ``disable``, ...), or a bar of your own with
+                ``update(n)`` (updated, not closed).
 
         Returns:
             An iterator of results. Leaving it early (an exception, a timeout, ``close()``,
@@ -278,9 +370,10 @@ class ThrottledProcessPool(Executor):
         chunksize = check_positive("chunksize", chunksize)
         _optional_positive("buffersize", buffersize)
         deadline = None if timeout is None else time.monotonic() + timeout
+        bar, owned = open_bar(progress, total_of(iterables))  # bad progress: nothing submitted
         pending = self._submit_all(fn, iterables, chunksize, buffersize)
         results = collect(pending, deadline, chunksize > 1)
-        return with_progress(results) if progress else results
+        return results if bar is None else with_progress(results, bar, owned)
 
     def _submit_all(
         self,
@@ -344,7 +437,7 @@ class ThrottledProcessPool(Executor):
         self.shutdown(wait=True, cancel_futures=cancel)
 
     # -- async API ------------------------------------------------------------------------------
-    async def run(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+    async def run(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
         """``await`` the task's result; cancelling the caller cancels the task if it has not
         started (and leaks no permit).
 
@@ -367,12 +460,12 @@ class ThrottledProcessPool(Executor):
 
     async def amap(
         self,
-        fn: Callable[..., T],
-        iterable: Iterable[Any],
+        fn: Callable[[A], T],
+        iterable: Iterable[A],
         *,
         buffersize: int | None = None,
         chunksize: int = 1,
-        progress: bool = False,
+        progress: Progress = False,
     ) -> AsyncGenerator[T, None]:
         """Results of ``fn(item)`` in input order, with at most ``buffersize`` items pending.
 
@@ -381,7 +474,8 @@ class ThrottledProcessPool(Executor):
             iterable: The items (may be infinite).
             buffersize: Items pending at once (default: twice the workers, times chunksize).
             chunksize: Items sent as one task.
-            progress: Show a tqdm progress bar.
+            progress: A progress bar, as for `map` (its total is the iterable's length when
+                it has one).
 
         Yields:
             The results. Closing or cancelling the generator cancels the pending tasks.
@@ -399,8 +493,8 @@ class ThrottledProcessPool(Executor):
             _optional_positive("buffersize", buffersize) or 2 * self._max_workers * chunksize
         )
         chunksize = check_positive("chunksize", chunksize)
+        bar, owned = open_bar(progress, total_of((iterable,)))
         pending = self._submit_all(fn, (iterable,), chunksize, buffersize)
-        bar = progress_bar() if progress else None
         try:
             while (future := pending.next()) is not None:
                 result = await wait_future(future)
@@ -414,8 +508,8 @@ class ThrottledProcessPool(Executor):
                 del values
         finally:
             pending.cancel()
-            if bar is not None:
-                bar.close()
+            if owned:
+                bar.close()  # type: ignore[union-attr]
 
     async def __aenter__(self) -> Self:
         return self
