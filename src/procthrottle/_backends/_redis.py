@@ -305,8 +305,9 @@ class RedisSemaphore(_HoldsPermits):
         return (_rebuild, (self._source, self._name, self._limit, self._lease))
 
     # -- the calls (each one script, bounded in time) ----------------------------------------
-    def _run(self, script: lua.Script, extra: list[Any], timeout: float | None) -> list[Any]:
-        args = [self._limit, self._wake_prefix, self._keep_ms, ALIVE_MS, *extra]
+    def _run(self, script: lua.Script, extra: list[Any], timeout: float | None,
+             keep: bool = True) -> list[Any]:
+        args = [self._limit, self._wake_prefix, self._keep_ms if keep else 0, ALIVE_MS, *extra]
         reply = self._link.run(timeout, script, self._keys, args)
         if int(reply[0]) == -1:
             raise ValueError(
@@ -330,8 +331,8 @@ class RedisSemaphore(_HoldsPermits):
     def _cancel(self, token: str, keep: bool, timeout: float | None) -> int:
         return int(self._run(lua.CANCEL, [token, "1" if keep else "0"], timeout)[0])
 
-    def _heartbeat(self, client: str, tokens: list[str]) -> None:
-        reply = self._run(lua.HEARTBEAT, [client, *tokens], None)
+    def _heartbeat(self, client: str, tokens: list[str], keep: bool) -> None:
+        reply = self._run(lua.HEARTBEAT, [client, *tokens], None, keep)
         self._free = int(reply[1])
 
     def _pop_granted(self, key: str, seconds: float) -> list[str]:

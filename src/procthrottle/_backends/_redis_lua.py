@@ -17,7 +17,8 @@ live waiters at once (so nobody polls) and pushes their tokens to their process'
 Every script extends the keys' time to live to ``keep`` ms: state that nobody touches for
 longer than the longest lease (plus a grace period) can no longer matter and expires.
 
-ARGV of every script: limit, wake-list prefix, keep ms, alive ms, then its own arguments.
+ARGV of every script: limit, wake-list prefix, keep ms (0: leave the times to live, as most
+heartbeats do), alive ms, then its own arguments.
 Every reply is an array whose first item is a status; ``{-1, L}`` means the name exists with
 limit L.
 """
@@ -65,6 +66,7 @@ local function grant()
 end
 local function keep()
     local ms = tonumber(ARGV[3])
+    if ms == 0 then return end
     for i = 1, #KEYS do
         local ttl = redis.call('PTTL', KEYS[i])
         if ttl ~= -2 and ttl < ms then redis.call('PEXPIRE', KEYS[i], ms) end

@@ -65,7 +65,7 @@ class ThreadWaiter:
 class Calls(Protocol):
     """What the waiting machinery asks of its semaphore."""
 
-    def _heartbeat(self, client: str, tokens: list[str]) -> None: ...
+    def _heartbeat(self, client: str, tokens: list[str], keep: bool) -> None: ...
     def _pop_granted(self, key: str, seconds: float) -> list[str]: ...
     def _cancel(self, token: str, keep: bool, timeout: float | None) -> int: ...
     def _release_tokens(self, tokens: list[str], timeout: float | None) -> int: ...
@@ -132,6 +132,7 @@ class Waiting:
         """The listener thread: BLPOP the wake list, heartbeat, while anyone waits."""
         idle_since: float | None = None
         next_beat = 0.0
+        beats = 0
         failing = False
         while True:
             with self.lock:
@@ -147,7 +148,9 @@ class Waiting:
             idle_since = None
             try:
                 if time.monotonic() >= next_beat:
-                    self.calls._heartbeat(self.client, tokens)
+                    # the keys' time to live is a minute or more: refresh it every 10th beat
+                    self.calls._heartbeat(self.client, tokens, beats % 10 == 0)
+                    beats += 1
                     next_beat = time.monotonic() + HEARTBEAT
                 for token in self.calls._pop_granted(self.wake_key, HEARTBEAT):
                     self._grant(token)
@@ -155,6 +158,8 @@ class Waiting:
                     log.info("Redis at %s answers again", self.describe)
                 failing = False
             except (RedisUnavailableError, CallTimedOut, redis.RedisError) as exc:
+                if self.closed:
+                    continue  # closed while it waited on Redis: nobody to tell
                 error = exc if isinstance(exc, RedisUnavailableError) else RedisUnavailableError(
                     f"Redis at {self.describe} stopped answering while tasks waited "
                     f"({type(exc).__name__}); nothing was taken"
