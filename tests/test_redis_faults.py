@@ -10,7 +10,7 @@ import signal
 import subprocess
 import textwrap
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import anyio
 import pytest
@@ -53,10 +53,10 @@ def leftovers(url: str, name: str) -> dict[str, int]:
         client.close()
 
 
-def eventually(check: object, seconds: float = 3.0) -> bool:
+def eventually(check: Callable[[], bool], seconds: float = 3.0) -> bool:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        if check():  # type: ignore[operator]
+        if check():
             return True
         time.sleep(0.02)
     return False
@@ -144,12 +144,13 @@ def test_timeouts_hold_while_the_server_is_stopped(own_url: str) -> None:
     rate = RedisRateLimiter(own_url, name + "-rate", 10)
     assert holder.acquire(timeout=5)
     with stopped(own_url):
-        for call, expected in [
+        calls: list[tuple[Callable[[], bool], float]] = [
             (lambda: sem.acquire(timeout=0.5), 0.5),
             (lambda: sem.acquire(block=False), 0.0),
             (lambda: rate.acquire(timeout=0.5), 0.5),
             (lambda: rate.acquire(block=False), 0.0),
-        ]:
+        ]
+        for call, expected in calls:
             start = time.monotonic()
             assert call() is False
             assert time.monotonic() - start <= expected + 0.25, call

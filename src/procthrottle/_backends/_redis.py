@@ -28,7 +28,7 @@ from .._exceptions import ProcThrottleError, SemaphoreClosedError
 from .._kernel._semaphore import _HoldsPermits
 from .._kernel._validate import check_count, check_limit, check_name, check_timeout
 from . import _redis_lua as lua
-from ._redis_link import CallTimedOut, Link, RedisUnavailableError, describe
+from ._redis_link import CallTimedOut, Link, RedisUnavailableError, Script, describe
 from ._redis_waiting import ALIVE_MS, GRANTED, ThreadWaiter, Waiting
 
 __all__ = ["LeaseLostError", "RedisSemaphore", "RedisUnavailableError", "describe"]
@@ -305,7 +305,7 @@ class RedisSemaphore(_HoldsPermits):
         return (_rebuild, (self._source, self._name, self._limit, self._lease))
 
     # -- the calls (each one script, bounded in time) ----------------------------------------
-    def _run(self, script: lua.Script, extra: list[Any], timeout: float | None,
+    def _run(self, script: Script, extra: list[Any], timeout: float | None,
              keep: bool = True) -> list[Any]:
         args = [self._limit, self._wake_prefix, self._keep_ms if keep else 0, ALIVE_MS, *extra]
         reply = self._link.run(timeout, script, self._keys, args)
