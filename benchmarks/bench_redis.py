@@ -18,6 +18,7 @@ Against a real ``redis-server`` started on a free loopback port (skipped without
 from __future__ import annotations
 
 import argparse
+import itertools
 import multiprocessing
 import os
 import shutil
@@ -167,7 +168,7 @@ def scale(url: str, waiters: int, hold: float) -> list[str]:
     holder.unlink()
     records.sort(key=lambda r: r[1])
     total = max(r[2] for r in records) - released
-    gaps = sorted(b[1] - a[2] for a, b in zip(records, records[1:], strict=False))
+    gaps = sorted(b[1] - a[2] for a, b in itertools.pairwise(records))
     gaps.insert(0, records[0][1] - released)
     p50 = statistics.median(gaps) * 1e3
     p99 = gaps[min(len(gaps) - 1, int(len(gaps) * 0.99))] * 1e3
@@ -175,7 +176,8 @@ def scale(url: str, waiters: int, hold: float) -> list[str]:
     return [
         f"| Redis commands/s while {queued} waiters wait (4 processes) | {rate:.0f} | "
         f"<= 100 | {'yes' if rate <= 100 else 'no'} |",
-        f"| release to next acquire, p50 | {p50:.2f} ms | <= 2 ms | {'yes' if p50 <= 2 else 'no'} |",
+        f"| release to next acquire, p50 | {p50:.2f} ms | <= 2 ms | "
+        f"{'yes' if p50 <= 2 else 'no'} |",
         f"| release to next acquire, p99 | {p99:.2f} ms | <= 20 ms | "
         f"{'yes' if p99 <= 20 else 'no'} |",
         f"| {len(records)} holds of {hold * 1e3:.0f} ms, one after another | {total:.2f} s "

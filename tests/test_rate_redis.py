@@ -177,3 +177,44 @@ async def test_async_rate_fifo_and_cancellation(url: str, name: str) -> None:
     assert not await alimiter.acquire(timeout=0)
     alimiter.limiter.unlink()
     await alimiter.aclose()
+
+
+def _async_share(url: str, name: str, backend: str, until: float, out: Any) -> None:
+    async def main() -> int:
+        limiter = AsyncRedisRateLimiter(url, name, "100/s")
+        count = 0
+
+        async def task() -> None:
+            nonlocal count
+            while time.monotonic() < until:
+                with anyio.move_on_after(max(0.0, until - time.monotonic())):
+                    await limiter.acquire()
+                    count += 1
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(20):
+                tg.start_soon(task)
+        await limiter.aclose()
+        return count
+
+    out.put((backend, anyio.run(main, backend=backend)))
+
+
+@pytest.mark.timeout(60)
+def test_async_limiter_is_fair_between_processes(url: str, name: str) -> None:
+    """Four processes of 20 tasks each (asyncio and trio) get equal shares of 100/s."""
+    ctx = multiprocessing.get_context("fork")
+    out: Any = ctx.Queue()
+    until = time.monotonic() + 4.0
+    backends = ["asyncio", "trio", "asyncio", "trio"]
+    procs = [ctx.Process(target=_async_share, args=(url, name, b, until, out))
+             for b in backends]
+    for proc in procs:
+        proc.start()
+    counts = [out.get(timeout=30)[1] for _ in procs]
+    for proc in procs:
+        proc.join(10)
+    mean = sum(counts) / 4
+    assert sum(counts) <= 1 + 100 * 4.0 + 4  # the bound (plus a slot in flight per process)
+    assert all(abs(c - mean) <= 0.2 * mean for c in counts), counts
+    RedisRateLimiter(url, name, "100/s").unlink()

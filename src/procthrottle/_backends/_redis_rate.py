@@ -359,6 +359,25 @@ class AsyncRedisRateLimiter(AsyncRateLimiter):
         return False  # every call goes through the queue: one round trip either way
 
     async def _reserve(self, n: int, max_wait: int | None) -> Reservation | None:
+        """Reserve a slot, and wait for it here, holding this loop's turn.
+
+        So each process has one reservation at a time in the server's order, like one
+        blocked thread: processes with equal demand get equal shares, whatever their number
+        of tasks (a turn passed on early would let the fastest process reserve ahead).
+        """
+        reservation = await self._reserve_in_thread(n, max_wait)
+        if reservation is None:
+            return None
+        try:
+            while (delay := reservation[0] - time.monotonic_ns()) > 0:
+                await anyio.sleep(delay / 1e9)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self._give_back(reservation)
+            raise
+        return reservation
+
+    async def _reserve_in_thread(self, n: int, max_wait: int | None) -> Reservation | None:
         limiter = self._redis
         if limiter._closed:
             limiter._raise_closed()
