@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from typing import Any, NoReturn
 
 import anyio
+import anyio.lowlevel
 import anyio.to_thread
 import redis
 
@@ -294,6 +295,22 @@ def _rebuild(
             client.close()
 
 
+_order: anyio.lowlevel.RunVar[anyio.CapacityLimiter] = anyio.lowlevel.RunVar(
+    "procthrottle_redis_rate_thread"
+)
+
+
+def _in_order() -> anyio.CapacityLimiter:
+    """This event loop's one thread for reservations: they reach Redis in the order the
+    tasks asked (FIFO within a process); it goes away with the loop."""
+    try:
+        return _order.get()
+    except LookupError:
+        limiter = anyio.CapacityLimiter(1)
+        _order.set(limiter)
+        return limiter
+
+
 class _Box:
     """A reservation made in a thread for a task that may have stopped waiting for it."""
 
@@ -312,10 +329,11 @@ class AsyncRedisRateLimiter(AsyncRateLimiter):
     loop, freed with the loop), so no Redis call runs on the event loop's thread and no
     client is kept per loop. A call is bounded by the waiter's timeout, and cancelling the
     waiter returns at once: a reservation the thread makes after that is given back by the
-    thread. Waiters of one process are served in order and a cancelled waiter gives its
-    reservation back when it can, as with `AsyncRateLimiter`. Making one does not call Redis
-    (it may be made on an event loop's thread): a name that exists with other rates is
-    refused by the first acquisition, with `ValueError`.
+    thread. Each waiting task holds its own reservation in the server's order, as a blocked
+    thread does, so processes get shares in proportion to their demand whatever they wait
+    with; a cancelled waiter gives its reservation back when it can. Making one does not
+    call Redis (it may be made on an event loop's thread): a name that exists with other
+    rates is refused by the first acquisition, with `ValueError`.
 
     Args:
         client_or_url: A `redis.Redis` client or a `redis://` URL.
@@ -355,19 +373,37 @@ class AsyncRedisRateLimiter(AsyncRateLimiter):
     def _redis(self) -> RedisRateLimiter:
         return self._limiter  # type: ignore[return-value]
 
-    def _admit_now(self, n: int) -> bool:
-        return False  # every call goes through the queue: one round trip either way
+    async def acquire(self, n: int = 1, *, timeout: float | None = None) -> bool:
+        """Wait until `n` units of the rate are allowed, without blocking the event loop.
 
-    async def _reserve(self, n: int, max_wait: int | None) -> Reservation | None:
-        """Reserve a slot, and wait for it here, holding this loop's turn.
+        Each waiting task holds its own reservation in the server's order, as a blocked
+        thread does: so processes with equal demand get equal shares, whatever mix of
+        threads, asyncio and trio tasks they wait with. A task cancelled or timed out gives
+        its reservation back when it is still the latest one (else that slot goes unused:
+        the bound holds either way).
 
-        So each process has one reservation at a time in the server's order, like one
-        blocked thread: processes with equal demand get equal shares, whatever their number
-        of tasks (a turn passed on early would let the fastest process reserve ahead).
+        Args:
+            n: The weight of this acquisition, 1 to `burst`.
+            timeout: The longest wait in seconds (None: no limit; 0 or less: do not wait).
+
+        Returns:
+            True once admitted; False, reserving nothing, when the wait would be longer than
+            `timeout` (or Redis did not answer within it).
+
+        Raises:
+            RedisUnavailableError: Redis cannot be reached.
+            SemaphoreClosedError: The limiter was closed or unlinked.
         """
-        reservation = await self._reserve_in_thread(n, max_wait)
+        limiter = self._redis
+        n = limiter._check_n(n)
+        max_wait = max_wait_ns(True, timeout)
+        await anyio.lowlevel.checkpoint_if_cancelled()
+        reservation = None
+        # the call's own time is bounded by max_wait; so is the wait for this loop's thread
+        with anyio.move_on_after(float("inf") if max_wait is None else max_wait / 1e9 + 0.1):
+            reservation = await self._reserve_in_thread(n, max_wait)
         if reservation is None:
-            return None
+            return False
         try:
             while (delay := reservation[0] - time.monotonic_ns()) > 0:
                 await anyio.sleep(delay / 1e9)
@@ -375,7 +411,7 @@ class AsyncRedisRateLimiter(AsyncRateLimiter):
             with anyio.CancelScope(shield=True):
                 await self._give_back(reservation)
             raise
-        return reservation
+        return True
 
     async def _reserve_in_thread(self, n: int, max_wait: int | None) -> Reservation | None:
         limiter = self._redis
@@ -395,7 +431,7 @@ class AsyncRedisRateLimiter(AsyncRateLimiter):
 
         try:
             return await anyio.to_thread.run_sync(reserve, abandon_on_cancel=True,
-                                                  limiter=_limiter())
+                                                  limiter=_in_order())
         except BaseException:
             with box.lock:
                 box.abandoned = True
