@@ -89,6 +89,15 @@ class AsyncRedisSemaphore(AsyncSemaphore):
         Always a checkpoint (also on asyncio). Cancelled or timed out, the task leaves
         nothing behind: its place in the queue, or a permit granted at that moment, goes
         back.
+
+        Args:
+            timeout: Seconds to wait at most (None: forever).
+
+        Raises:
+            SemaphoreClosedError: The handle was closed.
+            RedisUnavailableError: Redis cannot be reached.
+            ValueError: ``timeout`` is NaN.
+            TypeError: ``timeout`` is not a number.
         """
         seconds = check_timeout(timeout)
         if seconds is not None and seconds == float("inf"):
@@ -137,6 +146,11 @@ class AsyncRedisSemaphore(AsyncSemaphore):
 
         Raises `LeaseLostError` if its lease is already known lost (it is released all the
         same); a loss found by the release itself is logged.
+
+        Raises:
+            ValueError: This process holds no permit of the handle; nothing changes.
+            LeaseLostError: The permit's lease was already known lost (it is released).
+            SemaphoreClosedError: The handle was closed.
         """
         sem = self._redis
         sem._check_open()
