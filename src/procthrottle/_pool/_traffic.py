@@ -139,7 +139,8 @@ class Traffic(EngineState):
                 continue
             try:
                 data = dumps(call, protocol)
-            except BaseException as exc:
+            except BaseException as raised:  # even SystemExit from a broken __reduce__
+                exc = _wire.pickling_problem(raised)
                 _wire.note_unpicklable(exc, call[0])
                 add(exc)
             else:

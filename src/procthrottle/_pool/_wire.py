@@ -137,12 +137,7 @@ def encode_error(exc: BaseException) -> bytes:
         blob: bytes | None = pickle.dumps(exc, PROTOCOL)
     except BaseException as raised:  # it cannot travel (its __reduce__ may even raise
         # SystemExit): send why, as PPE does, rather than let the worker die of it
-        problem: BaseException = raised
-        if not isinstance(raised, Exception):  # never hand the caller a SystemExit to raise
-            problem = pickle.PicklingError(
-                f"pickling it raised {type(raised).__name__}: {_text(raised)}"
-            )
-            problem.__traceback__ = raised.__traceback__
+        problem = pickling_problem(raised)
         add_note(
             problem,
             f"procthrottle: the task raised {_describe(exc)}, which cannot be pickled back to "
@@ -157,6 +152,18 @@ def encode_error(exc: BaseException) -> bytes:
             blob = None
         exc = problem
     return pickle.dumps((blob, _qualname(exc), _text(exc), tb), PROTOCOL)
+
+
+def pickling_problem(raised: BaseException) -> BaseException:
+    """What to report when pickling raised ``raised``: itself if it is an ``Exception``, else
+    (``SystemExit``, ``KeyboardInterrupt``... from a broken ``__reduce__``) a ``PicklingError``
+    that names it -- never hand the caller a ``SystemExit`` to raise."""
+    if isinstance(raised, Exception):
+        return raised
+    problem = pickle.PicklingError(f"pickling it raised {type(raised).__name__}: {_text(raised)}")
+    problem.__traceback__ = raised.__traceback__
+    problem.__context__ = raised
+    return problem
 
 
 def decode_error(data: bytes) -> BaseException:
@@ -202,9 +209,10 @@ def dumps_task(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
     """Pickle a call in the parent; a failure keeps its own type, with a hint as a note."""
     try:
         return pickle.dumps((fn, args, kwargs), PROTOCOL)
-    except Exception as exc:
+    except BaseException as raised:
+        exc = pickling_problem(raised)
         note_unpicklable(exc, fn)
-        raise
+        raise exc from None
 
 
 def note_unpicklable(exc: BaseException, fn: Any) -> None:
@@ -220,7 +228,8 @@ def dumps_result(result: object) -> tuple[int, bytes]:
     """``(OK, pickled result)`` or ``(ERROR, error blob)`` if the result cannot be pickled."""
     try:
         return OK, pickle.dumps(result, PROTOCOL)
-    except Exception as exc:
+    except BaseException as raised:  # even SystemExit from a broken __reduce__
+        exc = pickling_problem(raised)
         add_note(
             exc,
             f"procthrottle: the task's result (a {type(result).__qualname__}) cannot be pickled "
