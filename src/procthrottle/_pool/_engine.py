@@ -13,12 +13,11 @@ import selectors
 import threading
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 from .._kernel._semaphore import ProcessSemaphore
-from ._futures import TaskFuture
+from ._futures import TaskFuture, cancel_and_notify
 from ._lifecycle import Lifecycle, interpreter_exiting, register
 from ._records import (
     CANCELLED,
@@ -134,13 +133,16 @@ class Engine(Traffic, Lifecycle):
                 ok = True
             elif task.state == SENT and task.worker is not None:
                 ok = bool(self._revoke(task.worker, [task]))
+                # The manager may sleep counting on this task's result to wake it (see
+                # _step): that result will never come, so the next submit() must wake it.
+                self.sleeping = self.sleeping or ok
             else:
-                return task.state == CANCELLED and Future.cancel(future)
+                return task.state == CANCELLED and cancel_and_notify(future)
             if ok:
                 task.state = CANCELLED
                 task.fn = task.args = task.kwargs = None  # type: ignore[assignment]
                 self.counts["cancelled"] += 1
-        return ok and Future.cancel(future)
+        return ok and cancel_and_notify(future)
 
     def task_started(self, future: TaskFuture[Any]) -> bool:
         task: Task = future._task
@@ -163,7 +165,7 @@ class Engine(Traffic, Lifecycle):
                     task.fn = task.args = task.kwargs = None  # type: ignore[assignment]
                 self.counts["cancelled"] += len(cancelled)
         for task in cancelled:
-            Future.cancel(task.future)
+            cancel_and_notify(task.future)
         self._wake()
         if wait and threading.current_thread() is not self.thread:
             while not self.finished.wait(0.1):  # in slices, so Ctrl-C can interrupt the wait

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from concurrent.futures import Future
+from concurrent.futures._base import CANCELLED
 from typing import Any, Protocol, TypeVar
 
 from .._async._wakeup import new_waiter
@@ -32,7 +33,7 @@ class TaskFuture(Future[T]):
             return False
         owner = self._owner
         if owner is None:
-            return super().cancel()
+            return cancel_and_notify(self)
         return owner.cancel_task(self)
 
     def running(self) -> bool:
@@ -40,6 +41,19 @@ class TaskFuture(Future[T]):
         if super().running():
             return True
         return owner is not None and not self.done() and owner.task_started(self)
+
+
+def cancel_and_notify(future: Future[Any]) -> bool:
+    """``Future.cancel()``, then tell the waiters of ``concurrent.futures.wait()`` and
+    ``as_completed()``, as ``set_running_or_notify_cancel()`` does: ``cancel()`` alone only
+    wakes ``result()`` and runs the callbacks, so a cancelled future would never be "done" for
+    them. Safe against a second, racing cancel (the future's condition is reentrant)."""
+    if not Future.cancel(future):
+        return False
+    with future._condition:  # type: ignore[attr-defined]
+        if future._state == CANCELLED:  # type: ignore[attr-defined]  # not yet notified
+            future.set_running_or_notify_cancel()
+    return True
 
 
 async def wait_future(future: Future[T]) -> T:
