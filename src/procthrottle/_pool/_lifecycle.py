@@ -198,10 +198,18 @@ class Lifecycle(EngineState):
             self.peak = max(self.peak, int(worker.shared[PEAK]))  # what it saw outlives it
 
     def _stop_workers(self, kill: bool) -> None:
-        """Close every task pipe (the workers see EOF and exit), then reap them."""
+        """Send every worker a stop frame and close its task pipe, then reap them.
+
+        The stop frame, not the pipe's EOF, is what ends an idle worker: another process may
+        hold the pipe's write end too (a sibling pool's fork, a child forked meanwhile), and
+        then the EOF never comes."""
+        stop = _wire.task_header(_wire.STOP, 0)
         with self.lock:
             workers = list(self.workers)
             for worker in workers:
+                if not kill and not worker.out and worker.task_fd >= 0:
+                    with contextlib.suppress(OSError):  # full (not idle) or gone: EOF, kill
+                        os.write(worker.task_fd, stop)
                 worker.dead = True
                 self._forget(worker)
         if kill:
