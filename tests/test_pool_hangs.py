@@ -13,7 +13,6 @@ import pickle
 import sys
 import time
 from concurrent.futures import CancelledError
-from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import pytest
@@ -32,13 +31,14 @@ def _ok(out: object) -> str:
 
 # -- 1. revoked tasks never use up a worker ----------------------------------------------------
 REVOKES = """
-import time
+import multiprocessing, time
 import pool_tasks as tasks
 from procthrottle import ThrottledProcessPool
 from procthrottle._pool._worker import RING_SIZE
 
 if __name__ == "__main__":
-    with ThrottledProcessPool(1, 1, mp_context=__import__("multiprocessing").get_context("fork")) as pool:
+    fork = multiprocessing.get_context("fork")
+    with ThrottledProcessPool(1, 1, mp_context=fork) as pool:
         pool.submit(tasks.noop).result(timeout=10)
         busy = pool.submit(tasks.nap, 1.0)
         revoked = 0
@@ -106,8 +106,9 @@ def test_a_cancelled_future_is_done_for_wait_and_as_completed(tmp_path: Path) ->
         assert queued.cancel()
         assert all(f.cancel() for f in later)
         begin = time.monotonic()
-        done, not_done = concurrent.futures.wait([queued, *later], timeout=5)
-        assert not not_done and time.monotonic() - begin < 1.0
+        _, not_done = concurrent.futures.wait([queued, *later], timeout=5)
+        assert not not_done
+        assert time.monotonic() - begin < 1.0
         assert list(concurrent.futures.as_completed([queued], timeout=5)) == [queued]
         busy.result(timeout=30)
 
@@ -126,7 +127,8 @@ def test_futures_cancelled_by_shutdown_are_done_for_wait_and_as_completed() -> N
     time.sleep(0.1)  # the watcher waits on every future now
     pool.shutdown(wait=True, cancel_futures=True)
     watcher.join(15)
-    assert waited and not waited[0][1], "wait() did not see the cancelled futures"
+    assert waited, "wait() did not return"
+    assert not waited[0][1], "wait() did not see the cancelled futures"
     assert all(f.cancelled() for f in later)
     assert len(list(concurrent.futures.as_completed(later, timeout=5))) == len(later)
     busy.result(timeout=1)
@@ -220,7 +222,7 @@ def test_a_done_callback_raising_systemexit_never_strands_futures(
         for f in futures:
             f.add_done_callback(callback)
             f.add_done_callback(second)
-        done, not_done = concurrent.futures.wait(futures, timeout=30)
+        _, not_done = concurrent.futures.wait(futures, timeout=30)
         assert not not_done
         assert [f.result() for f in futures] == [i * i for i in range(200)]
         assert pool.submit(tasks.square, 5).result(timeout=30) == 25  # the manager lives on
@@ -255,7 +257,8 @@ if __name__ == "__main__":
             outcomes.append(f.result(timeout=20))
         except Exception as exc:
             outcomes.append(type(exc).__name__)
-    print(bool(failed), sum(isinstance(o, int) for o in outcomes), sorted({o for o in outcomes if isinstance(o, str)}))
+    errors = sorted({o for o in outcomes if isinstance(o, str)})
+    print(bool(failed), sum(isinstance(o, int) for o in outcomes), errors)
 """
 
 

@@ -17,6 +17,7 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 from .._kernel._semaphore import ProcessSemaphore
+from . import _wire
 from ._futures import TaskFuture, cancel_and_notify
 from ._lifecycle import Lifecycle, interpreter_exiting, register
 from ._records import (
@@ -246,7 +247,7 @@ class Engine(Traffic, Lifecycle):
         if finish:
             return False
         events = self.selector.select(timeout)
-        reads: list[tuple[Worker, list[bytes]]] = []
+        reads: list[tuple[Worker, list[_wire.Frame]]] = []
         exited: list[Worker] = []
         for key, _ in events:
             worker = key.data

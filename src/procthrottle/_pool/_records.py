@@ -167,7 +167,9 @@ class EngineState:
     thread: threading.Thread
     pid: int
 
-    def _handle(self, worker: Worker, frames: list[bytes], resolutions: list[Resolution]) -> None:
+    def _handle(
+        self, worker: Worker, frames: list[_wire.Frame], resolutions: list[Resolution]
+    ) -> None:
         raise NotImplementedError
 
     def _start_worker(self) -> Worker:

@@ -257,7 +257,7 @@ class Traffic(EngineState):
                 self.selector.unregister(worker.task_fd)
             worker.writing = want
 
-    def _read(self, worker: Worker) -> list[bytes]:
+    def _read(self, worker: Worker) -> list[_wire.Frame]:
         """What the worker's result pipe holds now (manager thread; no lock needed)."""
         try:
             return worker.reader.read()
@@ -267,7 +267,9 @@ class Traffic(EngineState):
             worker.result_fd = -1
             return []
 
-    def _handle(self, worker: Worker, frames: list[bytes], resolutions: list[Resolution]) -> None:
+    def _handle(
+        self, worker: Worker, frames: list[_wire.Frame], resolutions: list[Resolution]
+    ) -> None:
         """Book results (caller holds the lock); their payloads are unpickled later, unlocked."""
         unpack, inflight, append = _wire.RESULT.unpack_from, worker.inflight, resolutions.append
         done = failed = freed = 0
@@ -289,7 +291,7 @@ class Traffic(EngineState):
                     worker.ready = True
                     self.start_failures = 0
                 else:  # INIT_FAILED
-                    worker.init_error = body[_wire.RESULT.size :]
+                    worker.init_error = bytes(body[_wire.RESULT.size :])
                 continue
             task = inflight.pop(seq, None)
             if task is None:  # pragma: no cover - a result for a task we do not hold

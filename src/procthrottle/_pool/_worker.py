@@ -177,7 +177,7 @@ def _serve(boot: WorkerBoot) -> None:
     task_mode = not boot.section_mode
     keep = boot.rate is None  # keep the permit across queued tasks (not while waiting for rate)
     left = boot.max_tasks
-    queue: deque[bytes] = deque()
+    queue: deque[_wire.Frame] = deque()
     holding = False  # task mode: the permit is kept from one task to the next while more wait
     try:
         while left is None or left > 0:
@@ -226,7 +226,7 @@ def _serve(boot: WorkerBoot) -> None:
             if holding and (not queue or not keep):  # release before the parent hears
                 state.semaphore.release()
                 holding = False
-            _wire.write_all(out, _wire.result_frame(seq, kind, seconds, payload))
+            _wire.write_result(out, seq, kind, seconds, payload)
             del payload
             if left is not None:
                 left -= 1
@@ -235,7 +235,7 @@ def _serve(boot: WorkerBoot) -> None:
             state.semaphore.release()
 
 
-def _revoked(shared: Any, body: bytes) -> bool:
+def _revoked(shared: Any, body: _wire.Frame) -> bool:
     seq = _wire.task_seq(body)
     return seq != _wire.STOP and _seq_revoked(shared, seq)
 
