@@ -82,6 +82,7 @@ class Worker:
         self.out_bytes = 0
         self.writing = False  # task_fd is registered for EVENT_WRITE
         self.next_seq = 1
+        self.skipped = 0  # the worker said it read past every seq up to this one (SKIPPED)
         self.assigned = 0  # tasks sent and not revoked: max_tasks_per_child counts these
         self.bytes_ahead = 0
         self.ready = False
@@ -91,6 +92,11 @@ class Worker:
 
     def claimed(self) -> int:
         return int(self.shared[CLAIMED])
+
+    def consumed(self) -> int:
+        """The seq up to which the worker read its tasks (claimed, or skipped as revoked): the
+        seqs after it are the ones whose revoked-ring slots it may still look at."""
+        return max(int(self.shared[CLAIMED]), self.skipped)
 
     @contextlib.contextmanager
     def claims_stopped(self) -> Iterator[None]:

@@ -76,7 +76,7 @@ class Traffic(EngineState):
             worker.bytes_ahead >= MAX_BYTES_AHEAD or worker.out_bytes >= MAX_BYTES_AHEAD
         ):
             return 0
-        if worker.next_seq - worker.claimed() >= RING_SIZE - 1:
+        if worker.next_seq - worker.consumed() >= RING_SIZE - 1:
             return 0
         room = depth - len(worker.inflight)
         if self.max_tasks is not None:
@@ -287,7 +287,9 @@ class Traffic(EngineState):
                 break
             seq, kind, took = unpack(body)
             if kind >= _wire.READY:
-                if kind == _wire.READY:
+                if kind == _wire.SKIPPED:
+                    worker.skipped = max(worker.skipped, seq)
+                elif kind == _wire.READY:
                     worker.ready = True
                     self.start_failures = 0
                 else:  # INIT_FAILED

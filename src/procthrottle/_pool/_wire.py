@@ -3,7 +3,9 @@
 Parent -> worker: ``seq`` (int64) + pickled ``(fn, args, kwargs)``; ``seq == STOP`` ends the worker.
 Worker -> parent: ``seq``, ``kind`` and the task's run time, + a payload: the pickled result, or
 an *error blob* that always unpickles (strings, plus the pickled exception when it pickles), so
-an exception the parent cannot rebuild still resolves its future with a clear error.
+an exception the parent cannot rebuild still resolves its future with a clear error. Frames
+without a task: READY / INIT_FAILED (the worker started, or its initializer raised), and
+SKIPPED (``seq``: the worker read past every task up to it, revoked ones included, and is idle).
 """
 
 from __future__ import annotations

@@ -179,12 +179,18 @@ def _serve(boot: WorkerBoot) -> None:
     left = boot.max_tasks
     queue: deque[_wire.Frame] = deque()
     holding = False  # task mode: the permit is kept from one task to the next while more wait
+    # The last seq skipped (revoked) and the last one the parent heard of as skipped: revoked
+    # seqs hold slots of the parent's ring span until it learns they are past (see SKIPPED).
+    skipped = told = 0
     try:
         while left is None or left > 0:
             if not queue:
                 if holding:
                     state.semaphore.release()
                     holding = False
+                if skipped > told and skipped > shared[CLAIMED]:  # tell before going idle
+                    _wire.write_all(out, _wire.result_frame(skipped, _wire.SKIPPED, 0.0, b""))
+                    told = skipped
                 try:
                     queue.extend(reader.read())
                 except EOFError:
@@ -195,9 +201,11 @@ def _serve(boot: WorkerBoot) -> None:
             if seq == _wire.STOP:
                 return
             if shared[RING + seq % RING_SIZE] == seq:  # revoked already: skip the gates
+                skipped = seq
                 continue
             if task_mode:
                 if not state.gate(partial(_seq_revoked, shared, seq)):
+                    skipped = seq
                     continue  # cancelled while it waited for its turn under `rate=`
                 if not holding:
                     state.take()
@@ -208,6 +216,7 @@ def _serve(boot: WorkerBoot) -> None:
                     shared[STARTED_NS] = time.monotonic_ns()
                     shared[CLAIMED] = seq
             if revoked:
+                skipped = seq
                 continue
             start = time.perf_counter()
             _in_task = True
@@ -222,7 +231,7 @@ def _serve(boot: WorkerBoot) -> None:
             fn = args = kwargs = None
             seconds = time.perf_counter() - start
             while queue and _revoked(shared, queue[0]):  # so that they keep no permit
-                queue.popleft()
+                skipped = _wire.task_seq(queue.popleft())
             if holding and (not queue or not keep):  # release before the parent hears
                 state.semaphore.release()
                 holding = False
