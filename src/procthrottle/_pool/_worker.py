@@ -21,6 +21,7 @@ from contextlib import contextmanager, suppress
 from functools import partial
 from typing import Any
 
+from .._exceptions import SemaphoreClosedError
 from .._kernel._semaphore import ProcessSemaphore
 from . import _wire
 
@@ -186,8 +187,7 @@ def _serve(boot: WorkerBoot) -> None:
         while left is None or left > 0:
             if not queue:
                 if holding:
-                    state.semaphore.release()
-                    holding = False
+                    holding = _release(state)
                 if skipped > told and skipped > shared[CLAIMED]:  # tell before going idle
                     _wire.write_all(out, _wire.result_frame(skipped, _wire.SKIPPED, 0.0, b""))
                     told = skipped
@@ -203,13 +203,19 @@ def _serve(boot: WorkerBoot) -> None:
             if shared[RING + seq % RING_SIZE] == seq:  # revoked already: skip the gates
                 skipped = seq
                 continue
+            gate_error: BaseException | None = None
             if task_mode:
-                if not state.gate(partial(_seq_revoked, shared, seq)):
-                    skipped = seq
-                    continue  # cancelled while it waited for its turn under `rate=`
-                if not holding:
-                    state.take()
-                    holding = True
+                try:
+                    if not state.gate(partial(_seq_revoked, shared, seq)):
+                        skipped = seq
+                        continue  # cancelled while it waited for its turn under `rate=`
+                    if not holding:
+                        state.take()
+                        holding = True
+                except Exception as exc:  # the semaphore (or rate) stopped working: unlinked,
+                    # closed by an exit hook, a backend down. Not a crash to retry elsewhere:
+                    # this task fails with the cause (below), and the worker lives on.
+                    gate_error = exc
             with lock:  # claim it, unless the parent revoked it first
                 revoked = shared[RING + seq % RING_SIZE] == seq
                 if not revoked:
@@ -217,6 +223,17 @@ def _serve(boot: WorkerBoot) -> None:
                     shared[CLAIMED] = seq
             if revoked:
                 skipped = seq
+                continue
+            if gate_error is not None:
+                _wire.add_note(
+                    gate_error,
+                    "procthrottle: the pool's worker could not take its permit (or rate turn) "
+                    "for this task, so the task did not run",
+                )
+                _wire.write_result(out, seq, _wire.ERROR, 0.0, _wire.encode_error(gate_error))
+                del gate_error
+                if left is not None:
+                    left -= 1
                 continue
             start = time.perf_counter()
             _in_task = True
@@ -233,15 +250,24 @@ def _serve(boot: WorkerBoot) -> None:
             while queue and _revoked(shared, queue[0]):  # so that they keep no permit
                 skipped = _wire.task_seq(queue.popleft())
             if holding and (not queue or not keep):  # release before the parent hears
-                state.semaphore.release()
-                holding = False
+                holding = _release(state)
             _wire.write_result(out, seq, kind, seconds, payload)
             del payload
             if left is not None:
                 left -= 1
     finally:
         if holding:
-            state.semaphore.release()
+            _release(state)
+
+
+def _release(state: WorkerState) -> bool:
+    """Give the permit back; a semaphore that was unlinked or closed meanwhile has no permit to
+    take back (the next take() fails that task with the cause). Returns False: not holding."""
+    try:
+        state.semaphore.release()
+    except SemaphoreClosedError:
+        pass
+    return False
 
 
 def _revoked(shared: Any, body: _wire.Frame) -> bool:
