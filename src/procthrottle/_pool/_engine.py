@@ -18,7 +18,7 @@ from typing import Any
 
 from .._kernel._semaphore import ProcessSemaphore
 from . import _wire
-from ._futures import TaskFuture, cancel_and_notify
+from ._futures import MANAGER_THREAD, TaskFuture, cancel_and_notify
 from ._lifecycle import Lifecycle, interpreter_exiting, register
 from ._records import (
     CANCELLED,
@@ -92,7 +92,7 @@ class Engine(Traffic, Lifecycle):
         os.set_blocking(self.wake_r, False)
         os.set_blocking(self.wake_w, False)
         self.selector.register(self.wake_r, selectors.EVENT_READ, None)
-        self.thread = threading.Thread(target=self._run, name="procthrottle-pool", daemon=True)
+        self.thread = threading.Thread(target=self._run, name=MANAGER_THREAD, daemon=True)
         try:
             for _ in range(workers):
                 self._start_worker()

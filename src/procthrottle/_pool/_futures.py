@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import threading
 from concurrent.futures import Future
 from concurrent.futures._base import CANCELLED
 from typing import Any, Protocol, TypeVar
@@ -9,6 +11,12 @@ from typing import Any, Protocol, TypeVar
 from .._async._wakeup import new_waiter
 
 T = TypeVar("T")
+
+logger = logging.getLogger("procthrottle")
+
+
+#: The name of every pool's manager thread (the thread that resolves futures with results).
+MANAGER_THREAD = "procthrottle-pool"
 
 
 class _Canceller(Protocol):
@@ -35,6 +43,30 @@ class TaskFuture(Future[T]):
         if owner is None:
             return cancel_and_notify(self)
         return owner.cancel_task(self)
+
+    def _invoke_callbacks(self) -> None:
+        """Run every done-callback, as ``Future`` does, but contain any ``BaseException``.
+
+        ``Future`` logs an ``Exception`` from a callback and goes on, but a ``SystemExit`` (or
+        any other ``BaseException``) escapes and skips the later callbacks. On the pool's
+        manager thread that would strand every future it holds, so there it is logged like an
+        ``Exception``. In the caller's own thread (``cancel()``), every callback still runs,
+        and the first such error is raised afterwards, as the caller would expect."""
+        raised: BaseException | None = None
+        manager = threading.current_thread().name == MANAGER_THREAD
+        for callback in self._done_callbacks:  # type: ignore[attr-defined]
+            try:
+                callback(self)
+            except BaseException as exc:
+                if isinstance(exc, Exception) or manager:
+                    logger.exception("exception calling callback for %r", self)
+                elif raised is None:
+                    raised = exc
+        if raised is not None:
+            try:
+                raise raised
+            finally:
+                raised = None
 
     def running(self) -> bool:
         owner = self._owner
