@@ -344,7 +344,7 @@ def test_an_argument_over_4_gib_travels() -> None:
 
 # -- 6. shutdown of idle workers is prompt, and they exit normally ---------------------------------
 def _worker_processes(pool: ThrottledProcessPool) -> list[multiprocessing.process.BaseProcess]:
-    return [w.process for w in pool._engine.workers]
+    return pool._engine.workers.processes()
 
 
 def test_shutdown_is_prompt_with_two_fork_pools_in_one_program() -> None:

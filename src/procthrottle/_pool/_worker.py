@@ -263,10 +263,8 @@ def _serve(boot: WorkerBoot) -> None:
 def _release(state: WorkerState) -> bool:
     """Give the permit back; a semaphore that was unlinked or closed meanwhile has no permit to
     take back (the next take() fails that task with the cause). Returns False: not holding."""
-    try:
+    with suppress(SemaphoreClosedError):
         state.semaphore.release()
-    except SemaphoreClosedError:
-        pass
     return False
 
 
