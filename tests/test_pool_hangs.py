@@ -293,7 +293,7 @@ def test_large_frames_travel_in_pieces_through_the_reader() -> None:
         data = _wire.result_header(9, _wire.OK, 0.0, len(body)) + body + _wire.result_frame(
             10, _wire.OK, 0.0, b"tail"
         )
-        frames: list[bytes] = []
+        frames: list[_wire.Frame] = []
         view = memoryview(data)
         while view or not frames or len(frames) < 2:
             n = os.write(w, view[: 1 << 16]) if view else 0

@@ -82,8 +82,8 @@ def cancel_and_notify(future: Future[Any]) -> bool:
     them. Safe against a second, racing cancel (the future's condition is reentrant)."""
     if not Future.cancel(future):
         return False
-    with future._condition:  # type: ignore[attr-defined]
-        if future._state == CANCELLED:  # type: ignore[attr-defined]  # not yet notified
+    with future._condition:
+        if future._state == CANCELLED:  # not yet notified
             future.set_running_or_notify_cancel()
     return True
 

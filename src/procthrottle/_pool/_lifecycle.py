@@ -188,7 +188,7 @@ class Workers:
                 selector.unregister(worker.task_fd)
             worker.writing = False
         worker.out.clear()
-        worker.out_bytes = 0
+        worker.out_bytes = worker.held = 0
         worker.task_conn.close()
         worker.result_conn.close()
         worker.task_fd = worker.result_fd = -1  # their numbers are free for new descriptors

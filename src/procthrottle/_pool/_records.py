@@ -80,6 +80,7 @@ class Worker:
         self.inflight: dict[int, Task] = {}  # seq -> task, in the order sent
         self.out: deque[bytes | bytearray | memoryview] = deque()  # parts not yet written
         self.out_bytes = 0
+        self.held = 0  # whole size of the large pickles in `out` (memory, until fully written)
         self.writing = False  # task_fd is registered for EVENT_WRITE
         self.next_seq = 1
         self.skipped = 0  # the worker said it read past every seq up to this one (SKIPPED)

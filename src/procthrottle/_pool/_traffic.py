@@ -174,13 +174,19 @@ class Traffic:
             room = min(room, self.max_tasks - worker.assigned)
         return room
 
+    def _unwritten(self) -> int:
+        """Pickled bytes the parent holds until the pipes took them (a large pickle counts
+        whole until its last byte is written)."""
+        return sum(max(w.out_bytes, w.held) for w in self.engine.workers)
+
     def plan(self, plan: list[Planned]) -> None:
         """Assign queued tasks to workers, the least loaded first, each up to its depth
-        (`send` pickles and writes them)."""
+        (`send` pickles and writes them). Nothing while the pipes have not taken the bytes
+        already pickled (a large argument): pickles wait their turn rather than pile up."""
         queue = self.queue
         while queue and queue[0].state != QUEUED:
             queue.popleft()
-        if not queue:
+        if not queue or self._unwritten() >= MAX_BYTES_AHEAD:
             return
         depth = self.depth()
         guess = self.payload_size
@@ -204,6 +210,8 @@ class Traffic:
     def can_plan(self) -> bool:
         """Is a queued task waiting for a worker with room?"""
         if not any(task.state == QUEUED for task in self.queue):
+            return False
+        if self._unwritten() >= MAX_BYTES_AHEAD:  # the pipes' write events wake us
             return False
         depth = self.depth()
         return any(self._room(w, depth) > 0 for w in self.engine.workers)
@@ -264,9 +272,15 @@ class Traffic:
         budget: dict[Worker, int] = {}
         sent_any: set[Worker] = set()
         dumps, protocol = pickle.dumps, _wire.PROTOCOL
+        # At most about MAX_BYTES_AHEAD of pickles not yet taken by the pipes, all workers
+        # together (but always one): eight 100 MB arguments are pickled one after another, as
+        # the pipes take them, not one per worker at once (twice the memory, no faster).
+        unwritten = self._unwritten()
         for worker, task, _, call in plan:
             ahead = budget.setdefault(worker, worker.bytes_ahead)
-            if ahead >= MAX_BYTES_AHEAD and worker in sent_any:
+            if (ahead >= MAX_BYTES_AHEAD and worker in sent_any) or (
+                unwritten >= MAX_BYTES_AHEAD and sent_any
+            ):
                 add(None)  # enough bytes on their way: the rest waits its turn
                 continue
             try:
@@ -277,6 +291,7 @@ class Traffic:
                 add(exc)
             else:
                 budget[worker] = ahead + len(data) - task.nbytes
+                unwritten += len(data)
                 sent_any.add(worker)
                 add(data)
             del call
@@ -312,6 +327,7 @@ class Traffic:
                 else:
                     worker.out.append(header)
                     worker.out.append(payload)  # not copied: written from where pickle put it
+                    worker.held += size
                     blobs.pop(worker, None)
                 worker.out_bytes += len(header) + size
             self.queue.extendleft(reversed(back))
@@ -328,12 +344,15 @@ class Traffic:
                 break
             except OSError:  # the worker is gone; its sentinel tells the rest
                 out.clear()
-                worker.out_bytes = 0
+                worker.out_bytes = worker.held = 0
                 break
             worker.out_bytes -= written
             for part in parts:
                 if written >= len(part):
                     written -= len(part)
+                    whole = part.obj if isinstance(part, memoryview) else part
+                    if type(whole) is bytes and len(whole) >= SMALL:  # a large pickle: freed
+                        worker.held -= len(whole)
                     out.popleft()
                 else:
                     out[0] = memoryview(part)[written:]
