@@ -98,7 +98,7 @@ def test_task_exceptions_propagate_with_remote_traceback() -> None:
 def test_unpicklable_function_or_argument_fails_only_that_future() -> None:
     with ThrottledProcessPool(2, 2) as pool:
         bad_fn = pool.submit(lambda: 1)
-        bad_arg = pool.submit(tasks.square, threading.Lock())
+        bad_arg = pool.submit(tasks.square, threading.Lock())  # type: ignore[arg-type]
         good = pool.submit(tasks.square, 4)
         local = (AttributeError, pickle.PicklingError)  # the original pickling errors
         for bad, original in ((bad_fn, local), (bad_arg, TypeError)):

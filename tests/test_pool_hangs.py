@@ -396,7 +396,7 @@ def test_a_result_whose_pickling_raises_systemexit_fails_with_a_pickling_error()
 
 def test_an_argument_whose_pickling_raises_systemexit_fails_with_a_pickling_error() -> None:
     with ThrottledProcessPool(1, 1) as pool:
-        future = pool.submit(tasks.square, tasks.ExitsWhenPickledArg())
+        future = pool.submit(tasks.square, tasks.ExitsWhenPickledArg())  # type: ignore[arg-type]
         with pytest.raises(pickle.PicklingError):
             future.result(timeout=30)
         assert pool.submit(tasks.square, 4).result(timeout=30) == 16
