@@ -11,7 +11,9 @@ its baselines in the same run, as ratios), keeps the median of each row, and wri
 * ``docs/img/bench-<script>.png``: the ratios side by side, with the targets;
 * ``docs/img/scaling-*.png``: the pool's scaling curves against ProcessPoolExecutor.
 
-``--quick`` runs each script once at smoke-test sizes (about a minute in all).
+``--quick`` runs each script once at smoke-test sizes (about a minute in all), and writes its
+page and plots into a new temporary folder (printed) unless ``--results``/``--img`` say where:
+smoke-test numbers never replace the published ones.
 """
 
 from __future__ import annotations
@@ -173,15 +175,29 @@ def plot_curves(curves: dict[str, list[dict[str, float]]], img: Path) -> list[st
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="smoke-test sizes, one repeat")
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke-test sizes, one repeat; writes into a new temporary folder "
+                             "unless --results/--img are given")
     parser.add_argument("--repeats", type=int, default=3, help="runs of each script (median)")
     parser.add_argument("--only", help="comma-separated script names, e.g. pool,async")
-    parser.add_argument("--results", type=Path, default=HERE / "results.md",
-                        help="the tables' page to write")
-    parser.add_argument("--img", type=Path, default=ROOT / "docs" / "img",
-                        help="folder for the plots")
+    parser.add_argument("--results", type=Path, default=None,
+                        help="the results page to write (default: benchmarks/results.md, "
+                             "which docs/benchmarks.md includes; with --quick, results.md in a "
+                             "new temporary folder)")
+    parser.add_argument("--img", type=Path, default=None,
+                        help="folder for the plots (default: docs/img/; with --quick, img/ in "
+                             "the folder of the results page)")
     parser.add_argument("--no-install", action="store_true", help="do not pip install peers")
     args = parser.parse_args()
+    if args.results is None:
+        args.results = (Path(tempfile.mkdtemp(prefix="procthrottle-bench-")) / "results.md"
+                        if args.quick else HERE / "results.md")
+    published = args.results.resolve() == (HERE / "results.md").resolve()
+    if args.img is None:
+        args.img = ROOT / "docs" / "img" if published else args.results.parent / "img"
+    if args.quick and published:
+        print("== --quick: smoke-test figures over the published results page, as asked",
+              flush=True)
     if not args.no_install:
         ensure_peers()
     if not HAVE_MATPLOTLIB:

@@ -2,12 +2,15 @@
 
 Six threads and four processes download "files", but the disk may only take two writers at
 once, across both executors: one ThrottledExecutor per executor, one shared ProcessSemaphore.
+The process pool starts its workers by "forkserver" (Linux's default from Python 3.14): this
+process runs threads by then, and forking a multi-threaded process is deprecated from 3.12.
 
     python examples/wrap_executor.py
 """
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import threading
 import time
@@ -40,9 +43,10 @@ def peak(record: str) -> int:
 def main() -> None:
     record = f"/tmp/procthrottle-wrap-{os.getpid()}.log"
     disk = ProcessSemaphore(2)
+    forkserver = multiprocessing.get_context("forkserver")
     with (
         ThrottledExecutor(ThreadPoolExecutor(6), disk) as threads,
-        ThrottledExecutor(ProcessPoolExecutor(4), disk) as processes,
+        ThrottledExecutor(ProcessPoolExecutor(4, mp_context=forkserver), disk) as processes,
     ):
         futures = [threads.submit(write_file, i, record) for i in range(8)]
         futures += [processes.submit(write_file, i, record) for i in range(8, 16)]

@@ -263,3 +263,25 @@ def slow_claims(marker: str, seconds: float) -> None:
 
 def echo(value: object) -> object:
     return value
+
+
+def noop() -> None:
+    return None
+
+
+class ExitsWhenPickledResult:
+    """A result whose pickling raises SystemExit (a broken __reduce__)."""
+
+    def __reduce__(self) -> tuple[object, ...]:
+        raise SystemExit("no pickling this result")
+
+
+def result_that_exits_when_pickled() -> ExitsWhenPickledResult:
+    return ExitsWhenPickledResult()
+
+
+class ExitsWhenPickledArg:
+    """An argument whose pickling raises SystemExit in the parent."""
+
+    def __reduce__(self) -> tuple[object, ...]:
+        raise SystemExit("no pickling this argument")

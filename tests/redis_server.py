@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -18,12 +20,12 @@ def free_port() -> int:
 
 
 @contextmanager
-def redis_server(password: str | None = None) -> Iterator[str]:
+def redis_server(password: str | None = None, port: int | None = None) -> Iterator[str]:
     """Yield the URL of a fresh, memory-only redis-server; stop it afterwards."""
     binary = shutil.which("redis-server")
     if binary is None:
         raise FileNotFoundError("redis-server is not installed (./scripts/test installs it)")
-    port = free_port()
+    port = port or free_port()
     args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
             "--appendonly", "no", "--daemonize", "no", "--loglevel", "warning"]
     if password:
@@ -46,3 +48,25 @@ def redis_server(password: str | None = None) -> Iterator[str]:
     finally:
         server.terminate()
         server.wait(10)
+
+
+def server_pid(url: str) -> int:
+    """The process id of the redis-server at ``url``."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        return int(client.info("server")["process_id"])
+    finally:
+        client.close()
+
+
+@contextmanager
+def stopped(url: str) -> Iterator[int]:
+    """Keep the server at ``url`` stopped (SIGSTOP) for the block; SIGCONT after it."""
+    pid = server_pid(url)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield pid
+    finally:
+        os.kill(pid, signal.SIGCONT)

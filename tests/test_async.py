@@ -502,7 +502,7 @@ def test_throttle_bad_arguments(bad: object) -> None:
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("method", ["spawn", "fork"])
+@pytest.mark.parametrize("method", ["spawn", "fork", "forkserver"])
 def test_throttled_module_function_in_a_process_pool(method: str, tmp_path: Path) -> None:
     record = tmp_path / "intervals"
     assert pickle.loads(pickle.dumps(throttled_funcs.bounded)) is throttled_funcs.bounded

@@ -413,3 +413,27 @@ def test_adapters_made_and_dropped_leave_one_close_listener() -> None:
     assert len(_semaphore._close_listeners[sem]) == 1
     sem.close()
     assert sem not in _semaphore._close_listeners
+
+
+async def test_a_threading_lock_works_as_a_semaphore_of_one() -> None:
+    """`Lock.acquire` takes (blocking, timeout) but refuses ``timeout=None``: the waiter thread
+    blocks with ``acquire(True)`` alone, so tasks queued behind the lock get it in turn."""
+    lock = threading.Lock()
+    asem = AsyncSemaphore(lock)
+    inside: list[int] = []
+    peak = 0
+
+    async def user(i: int) -> None:
+        nonlocal peak
+        async with asem:
+            inside.append(i)
+            peak = max(peak, len(inside))
+            await anyio.sleep(0.01)
+            inside.remove(i)
+
+    with anyio.fail_after(20):
+        async with anyio.create_task_group() as tg:
+            for i in range(5):
+                tg.start_soon(user, i)
+    assert peak == 1
+    assert not lock.locked()

@@ -277,3 +277,93 @@ def test_readme_program_twice_at_once_beside_another_user_of_its_name(tmp_path: 
         assert int(out) >= 10
     finally:
         remove_names(names)
+
+
+
+def test_spawn_is_really_the_start_method(tmp_path: Path) -> None:
+    (tmp_path / "sitecustomize.py").write_text(SPAWN)
+    env = python_env()
+    env["PYTHONPATH"] = str(tmp_path) + os.pathsep + env["PYTHONPATH"]
+    code = "import multiprocessing; print(multiprocessing.get_start_method())"
+    out = subprocess.run([PYTHON, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=30, check=True)
+    assert out.stdout == "spawn\n"
+
+
+# -- claims made once, and links ------------------------------------------------------------------
+
+def requires_python() -> str:
+    match = re.search(r'^requires-python = ">=(3\.\d+)"', (ROOT / "pyproject.toml").read_text(),
+                      re.MULTILINE)
+    assert match is not None
+    return match.group(1)
+
+
+def test_python_version_claims_match_requires_python() -> None:
+    minimum = requires_python()
+    for path in DOCUMENTS:
+        for claim in re.findall(r"Python (3\.\d+)\+", path.read_text()):
+            assert claim == minimum, f"{path.name} says Python {claim}+, pyproject {minimum}"
+    classifiers = re.findall(r"Programming Language :: Python :: (3\.\d+)",
+                             (ROOT / "pyproject.toml").read_text())
+    assert classifiers[0] == minimum
+
+
+def test_speed_claims_match_the_benchmarks() -> None:
+    """Speed claims quote the ratio of the last full run, the one place to compare areas
+    (benchmarks/results.md, shown on docs/benchmarks.md), and no absolute figures."""
+    table = (ROOT / "benchmarks" / "results.md").read_text()
+
+    def nanoseconds(label: str) -> float:
+        row = next(line for line in table.splitlines() if line.startswith(f"| {label}"))
+        value, unit = row.split("|")[2].split()
+        return float(value) * {"ns": 1.0, "µs": 1e3}[unit]
+
+    ratio = nanoseconds("acquire+release, crash_safe=True") / nanoseconds(
+        "acquire+release, crash_safe=False")
+    for path in DOCUMENTS:
+        for claim in re.findall(r"about (\d+)x faster", path.read_text()):
+            assert int(claim) == round(ratio), f"{path.name}: {claim}x, benchmarks {ratio:.1f}x"
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    assert re.search(r"about \d+x faster", readme)
+    assert not re.search(r"\d (?:ns|µs) against", readme), "quote the ratio, not figures"
+
+
+def test_relative_links_in_the_readme_exist() -> None:
+    for target in re.findall(r"\]\(([^)#:]+)\)", (ROOT / "README.md").read_text()):
+        assert (ROOT / target).exists(), target
+
+
+def test_import_of_the_redis_module_without_redis_names_the_extra() -> None:
+    code = "import sys; sys.modules['redis'] = None\nimport procthrottle.redis"
+    out = subprocess.run([PYTHON, "-c", code], env=python_env(), capture_output=True,
+                         text=True, timeout=30)
+    assert out.returncode == 1
+    assert out.stderr.strip().splitlines()[-1] == (
+        "ImportError: procthrottle.redis needs the redis client library, which is not "
+        "installed: pip install 'procthrottle[redis]'"
+    )
+
+
+# -- set-up: one environment for ./scripts/demo and ./scripts/test ------------------------------
+
+def test_demo_and_test_share_one_environment(tmp_path: Path) -> None:
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    log = tmp_path / "pip.log"
+    fake = venv / "bin" / "python"  # stands for the venv's python: records each pip install
+    fake.write_text(f'#!/bin/sh\necho "$@" >> {log}\n')
+    fake.chmod(0o755)
+
+    def source(extras: str) -> list[str]:
+        before = log.read_text().splitlines() if log.exists() else []
+        subprocess.run(["bash", "-c", f'source scripts/_venv.sh "{extras}"'], cwd=ROOT,
+                       env={**os.environ, "PROCTHROTTLE_VENV": str(venv)}, check=True,
+                       timeout=30)
+        return (log.read_text().splitlines() if log.exists() else [])[len(before):]
+
+    assert [line.split()[-1] for line in source("")] == [str(ROOT)]  # the demo: no extras
+    assert [line.split()[-1] for line in source("test,docs")] == [f"{ROOT}[docs,test]"]
+    assert source("") == []  # alternating installs nothing
+    assert source("test,docs") == []
+    assert source("docs") == []

@@ -37,13 +37,18 @@ def test_every_example_is_covered() -> None:
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("script", sorted(RUNS))
 def test_example_runs(script: str) -> None:
+    """... and warns of nothing, in any of its processes: e.g. not of forking a process that
+    runs threads (deprecated from Python 3.12)."""
     args, expected = RUNS[script]
+    env = python_env()
+    env["PYTHONWARNINGS"] = "default"  # inherited by every process the example starts
     out = subprocess.run(
         [PYTHON, str(EXAMPLES / script), *args],
-        env=python_env(), capture_output=True, text=True, timeout=50,
+        env=env, capture_output=True, text=True, timeout=50,
     )
     assert out.returncode == 0, out.stderr
     assert re.search(expected, out.stdout), out.stdout
+    assert not re.search(r"\w+Warning: ", out.stderr), out.stderr
 
 
 @pytest.mark.timeout(60)

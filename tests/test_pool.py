@@ -39,7 +39,7 @@ def record(tmp_path: Path) -> Path:
     return tmp_path / "intervals"
 
 
-@pytest.fixture(params=["fork", "spawn"])
+@pytest.fixture(params=["fork", "spawn", "forkserver"])
 def ctx(request: pytest.FixtureRequest) -> multiprocessing.context.BaseContext:
     context: multiprocessing.context.BaseContext = multiprocessing.get_context(str(request.param))
     return context

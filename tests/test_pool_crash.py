@@ -190,14 +190,15 @@ def test_unrebuildable_exceptions_do_not_hang_shutdown_in_a_child() -> None:
 
 def test_workers_exit_when_the_parent_is_killed() -> None:
     """SIGKILL the program that owns the pool: its workers see their task pipe close and exit
-    (under fork too, where each worker must not keep its siblings' pipes open)."""
+    (under fork too, where each worker must not keep its siblings' pipes open, and under
+    forkserver, Linux's default from Python 3.14)."""
     import os
     import signal
     import subprocess
     import sys
     import time
 
-    for method in ("fork", "spawn"):
+    for method in ("fork", "spawn", "forkserver"):
         code = f"""
 import multiprocessing, time
 from procthrottle import ThrottledProcessPool

@@ -23,7 +23,7 @@ import pytest
 
 import pool_tasks as tasks
 from procthrottle import ThrottledProcessPool
-from procthrottle._pool import _lifecycle, _records, _worker
+from procthrottle._pool import _lifecycle, _records, _wire, _worker
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -150,7 +150,7 @@ def test_a_malformed_task_frame_ends_the_worker_with_a_clear_message(
     with ThrottledProcessPool(1, 1) as pool, caplog.at_level(logging.WARNING, "procthrottle"):
         assert pool.submit(tasks.square, 3).result(timeout=30) == 9
         worker = pool._engine.workers[0]
-        os.write(worker.task_fd, b"\0\0\0\0")  # a zero-length frame: no room for a seq
+        os.write(worker.task_fd, _wire.LENGTH.pack(0))  # a zero-length frame: no room for a seq
         deadline = time.monotonic() + 30  # the manager thread reaps it (no join here: it races)
         while pool.stats()["workers_started"] < 2 and time.monotonic() < deadline:
             time.sleep(0.01)

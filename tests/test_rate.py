@@ -81,7 +81,12 @@ def test_bad_rate_strings_name_the_accepted_forms(text: str) -> None:
         ((1e-300,), {}, ValueError, "spans more than"),
         ((10**400,), {}, ValueError, "rate must be a finite"),
         ((1, 10**400), {}, ValueError, "per must be a finite"),
-        ((10,), {"extra": [(1e-300, 1)]}, ValueError, "spans more than"),
+        ((10,), {"extra": [(1e-300, 1)]}, ValueError, "whole acquisitions, so at least 1"),
+        ((10,), {"extra": [(0.5, 1)]}, ValueError, "whole acquisitions, so at least 1"),
+        ((10,), {"extra": [(40000, 1)]}, ValueError, "counts at most 32767"),
+        ((10,), {"extra": [(1, 1e300)]}, ValueError, "longer than"),
+        ((10,), {"extra": [(30000, 3600)]}, ValueError, "SEMMSL"),
+        ((10,), {"extra": ["1/s"] * 8}, ValueError, "at most 7 extra rates"),
     ],
 )
 def test_bad_arguments(
@@ -115,9 +120,11 @@ def test_bad_acquire_arguments_change_nothing() -> None:
 
 def test_intervals_round_up_so_the_rate_is_never_exceeded() -> None:
     limiter = RateLimiter(4.1e8, burst=10)  # 2.44 ns per acquisition
-    assert limiter._intervals == (3,)
-    assert RateLimiter(3)._intervals == (333_333_334,)
-    assert RateLimiter(600, per=60)._intervals == (100_000_000,)  # exact stays exact
+    assert limiter._layout.interval == 3
+    assert RateLimiter(3)._layout.interval == 333_333_334
+    assert RateLimiter(600, per=60)._layout.interval == 100_000_000  # exact stays exact
+    quotas = RateLimiter(10, extra=[(2.5, 1 / 3), "100/min"])._layout.quotas
+    assert quotas == ((2, 333_333_334), (100, 60_000_000_000))  # counts down, periods up
     limiter.close()
 
 
@@ -142,14 +149,53 @@ def test_burst_then_rate() -> None:
     limiter.close()
 
 
-def test_weighted_and_two_rates() -> None:
-    limiter = RateLimiter(100, burst=4, extra=[(10, 1.0)])  # 10/s dominates
-    assert limiter.extra == ((10.0, 1.0),)
+def test_weighted_and_a_window_quota() -> None:
+    limiter = RateLimiter(100, burst=8, extra=[(6, 1.0)])  # at most 6 in any second
+    assert limiter.extra == ((6.0, 1.0),)
     start = time.monotonic()
     assert limiter.acquire(4, block=False)
-    assert not limiter.acquire(1, block=False)
-    assert limiter.acquire(2, timeout=1)  # two more units: 0.2 s at 10/s
-    assert time.monotonic() - start == pytest.approx(0.2, abs=0.06)
+    assert limiter.acquire(2, block=False)  # within the main burst
+    assert not limiter.acquire(1, block=False)  # the quota of 6 is used ...
+    with pytest.raises(ValueError, match="more than the smallest window quota"):
+        limiter.acquire(7)
+    assert limiter.acquire(3, timeout=2)  # ... until the first 4 are a second old
+    assert time.monotonic() - start == pytest.approx(1.0, abs=0.1)
+    limiter.close()
+
+
+@pytest.mark.timeout(60)
+def test_extra_rates_are_window_quotas() -> None:
+    """ "10 per second and 30 per 3 seconds": 10/s until the 30 are used (each rate with its
+    own burst: the quota's is its count), then as the oldest of them leave the window."""
+    limiter = RateLimiter("10/s", extra=[(30, 3)])
+    start = time.monotonic_ns()
+    slots = []
+    for _ in range(45):
+        reservation = limiter._reserve(1, None)  # the slots, without sleeping through them
+        assert reservation is not None
+        slots.append((reservation[0] - start) / 1e9)
+    # The first 30 at 10/s (before the fix: one every 100 ms of the quota, 0.1 s, then... no:
+    # one per 3 s / 30 = 0.1 s shared with the main rate's burst of 1, so 10/s was never
+    # reached with a minute quota; here 10/s holds until the quota is used).
+    for k in range(30):
+        assert slots[k] == pytest.approx(0.1 * k, abs=0.02), (k, slots[:31])
+    # Then each waits until the admission 30 before it is 3 s old: 3.0, 3.1, ...
+    for k in range(30, 45):
+        assert slots[k] == pytest.approx(slots[k - 30] + 3.0, abs=0.02), (k, slots[k - 30 :])
+    for k in range(45):  # at most 30 in any window of 3 s, at most 1 per 100 ms
+        later = [t for t in slots if slots[k] <= t <= slots[k] + 3.0]
+        assert len(later) <= 30
+        assert k == 0 or slots[k] - slots[k - 1] >= 0.1 - 1e-9
+    limiter.close()
+
+
+def test_a_minute_quota_leaves_the_rate_per_second_usable() -> None:
+    """The issue's case: 10/s and 100/min ran at one call per 0.6 s (10 calls, 5.4 s)."""
+    limiter = RateLimiter("10/s", extra=[(100, 60)])
+    start = time.monotonic()
+    for _ in range(10):
+        assert limiter.acquire(timeout=5)
+    assert time.monotonic() - start < 1.5  # 0.9 s at 10/s
     limiter.close()
 
 
@@ -196,12 +242,24 @@ def test_named_is_owner_only_and_shared(named: str) -> None:
 
 def test_name_with_other_rates_or_a_semaphore_is_refused(named: str) -> None:
     a = RateLimiter(10, name=named, burst=2)
-    with pytest.raises(ValueError, match=r"already exists with 10 per 1 s \(burst=2\)"):
+    with pytest.raises(ValueError, match="already exists with other limits") as info:
         RateLimiter(20, name=named, burst=2)
-    with pytest.raises(ValueError, match="already exists"):
+    assert "the main rate is 10 per second (one every 100,000,000 ns) there, 20 per" in str(
+        info.value
+    )
+    assert "burst is" not in str(info.value)  # only what differs
+    with pytest.raises(ValueError, match="burst is 2 there, 3 here"):
         RateLimiter(10, name=named, burst=3)
-    with pytest.raises(ValueError, match="already exists"):
+    with pytest.raises(ValueError, match=r"window quotas .* are none there, 100 per 60 s here"):
         RateLimiter(10, name=named, burst=2, extra=["100/min"])
+    # Rates equal to 8 digits are told apart by their intervals (the message once named
+    # "10 per 1 s (burst=1)" twice).
+    with pytest.raises(
+        ValueError,
+        match=r"10 per second \(one every 100,000,000 ns\) there, "
+        r"10\.0000099 per second \(one every 99,999,901 ns\) here",
+    ):
+        RateLimiter(10.00001, name=named, burst=2)
     assert a.acquire(2, block=False)  # unchanged by the refusals
     a.close()
     sem_name = unique_name("pt-rate-sem")
@@ -372,13 +430,14 @@ async def test_cancelled_head_hands_its_slot_to_the_next_waiter() -> None:
 
 
 @pytest.mark.anyio
-async def test_slots_of_cancelled_waiters_are_never_used_late() -> None:
-    """Cancelled waiters that cannot give their slots back leave them to later waiters only
-    while those slots are still ahead: one that has passed would admit several at once."""
-    limiter = RateLimiter(100, burst=1)  # one slot per 10 ms
+async def test_slots_of_cancelled_waiters_go_to_the_waiters_behind_them() -> None:
+    """Five waiters holding the first slots are cancelled after someone else reserved: their
+    slots cannot go back to the shared state, so the waiters of their process use them, in
+    order, never early, and the slots left over serve the next arrivals."""
+    limiter = RateLimiter(10, burst=1)  # one slot per 100 ms
     alimiter = AsyncRateLimiter(limiter)
     start = time.monotonic()
-    assert limiter.acquire()  # the slots that follow: start + 10 ms, + 20 ms, ...
+    assert limiter.acquire()  # the slots that follow: start + 100 ms, + 200 ms, ...
     late: list[float] = []
     early = [anyio.CancelScope() for _ in range(5)]
 
@@ -389,23 +448,70 @@ async def test_slots_of_cancelled_waiters_are_never_used_late() -> None:
                 late.append(time.monotonic())
 
     async with anyio.create_task_group() as tg:
-        for scope in early:  # slots +10 to +50 ms, each within the look-ahead of the one before
+        for scope in early:  # slots +100 to +500 ms
             tg.start_soon(waiter, scope)
         await anyio.sleep(0.002)
-        tg.start_soon(waiter)  # +60 ms: it keeps the turn until then
+        tg.start_soon(waiter, None, True)  # +600 ms
+        for _ in range(4):
+            tg.start_soon(waiter, None, True)  # +700 to +1000 ms
         await anyio.sleep(0.002)
-        for _ in range(5):
-            tg.start_soon(waiter, None, True)  # queued behind it, nothing reserved yet
-        await anyio.sleep(0.002)
-        for scope in early:  # none can give its slot back (later ones exist): 5 spares
+        other = limiter._reserve(1, None)  # another user reserves after them: +1100 ms
+        assert other is not None
+        for scope in early:  # none can give its slot back: the five behind take them
             scope.cancel()
-    late.sort()
     assert len(late) == 5
-    # Never early: the late five get slots after the one that kept the turn (+60 ms), one per
-    # 10 ms; on passed spare slots they would all have been admitted at once, at about +60 ms.
-    # (A loaded machine only makes them later.)
-    for k, admitted in enumerate(late):
-        assert admitted - start >= 0.070 + 0.010 * k - 0.002, (k, [t - start for t in late])
+    late.sort()
+    for k, admitted in enumerate(late):  # on the slots +100 .. +500 ms: never early
+        assert admitted - start >= 0.100 * (k + 1) - 0.002, (k, [t - start for t in late])
+    # ... and not on their own (+600 .. +1000 ms): the last one came before +600 ms, with
+    # 100 ms to spare for a loaded machine. The slots the five reserved are left over; the
+    # next arrival uses the first of them (+600 ms), not a new one after +1100 ms.
+    assert late[-1] - start < 0.6, [t - start for t in late]
+    assert await alimiter.acquire()
+    assert time.monotonic() - start < 1.0
+    limiter.close()
+
+
+@pytest.mark.anyio
+async def test_cancellation_storm_wastes_no_quota() -> None:
+    """Tasks that give up at random instants while a thread of the same process competes
+    (so most slots cannot go back to the shared state): the slots they leave are used by
+    the tasks behind them, and the rate stays fully used, every slot used once."""
+    import random
+
+    rate, seconds = 200, 3.0
+    limiter = RateLimiter(rate, burst=1)
+    alimiter = AsyncRateLimiter(limiter)
+    admitted: list[float] = []
+    stop = threading.Event()
+
+    def thread() -> None:
+        while not stop.is_set():
+            if limiter.acquire(timeout=0.5):
+                admitted.append(time.monotonic())
+
+    async def task(seed: int) -> None:
+        rng = random.Random(seed)
+        while time.monotonic() < end:
+            with anyio.move_on_after(rng.uniform(0.0, 0.06)):  # 20 waiters: 100 ms deep
+                await alimiter.acquire()
+                admitted.append(time.monotonic())
+
+    helper = threading.Thread(target=thread)
+    begin = time.monotonic()
+    end = begin + seconds
+    helper.start()
+    try:
+        async with anyio.create_task_group() as tg:
+            for i in range(20):
+                tg.start_soon(task, i)
+    finally:
+        stop.set()
+        helper.join()
+    inside = [t for t in admitted if begin + 0.5 <= t < end - 0.5]
+    used = len(inside) / (rate * (seconds - 1.0))
+    assert used >= 0.9, used  # before the fix: about 0.5
+    assert used <= 1.0 + 2 / (rate * (seconds - 1.0))  # never a slot used twice
     limiter.close()
 
 

@@ -29,6 +29,7 @@ from procthrottle import ProcessSemaphore, RateLimiter
 from procthrottle._kernel import _inventory, _libc, _naming, _posix
 from procthrottle._kernel._owner import NameConflictError
 from procthrottle._rate import _store
+from procthrottle._rate._layout import Layout
 
 pytestmark = [
     pytest.mark.timeout(120),
@@ -197,15 +198,16 @@ def test_stalled_creator_of_other_rates_is_refused_when_it_resumes(named: str) -
 def test_half_made_sets_are_finished_or_unlinkable(named: str) -> None:
     key = _naming.rate_key(named)
     # a creator of our size died after semget: the next creator finishes it at once
-    assert _libc.create_empty(key, _store.nsems(1), 0o600) is not None
+    assert _libc.create_empty(key, Layout(2, 200_000_000, ()).nsems, 0o600) is not None
     assert _inventory.rate_info(named) is not None  # listed as half-made, so removable
     start = time.monotonic()
     limiter = RateLimiter(5, burst=2, name=named)
     assert time.monotonic() - start < 0.5
     assert limiter.acquire(2, block=False)
     limiter.unlink()
-    # a creator with two rates died after semget: we cannot finish it for them
-    assert _libc.create_empty(key, _store.nsems(2), 0o600) is not None
+    # a creator with a window quota died after semget: we cannot finish it for them
+    quota = Layout(1, 200_000_000, ((100, 60 * 10**9),))
+    assert _libc.create_empty(key, quota.nsems, 0o600) is not None
     with pytest.raises(ValueError, match="half-made"):
         RateLimiter(5, name=named)
     info = _inventory.rate_info(named)
@@ -255,7 +257,7 @@ def test_a_killed_creator_at_any_step_leaves_a_usable_name(named: str) -> None:
 # -- another user --------------------------------------------------------------------------------
 def test_squatted_key_is_a_clear_permission_error(other_user: int, named: str) -> None:
     key, hi_lo = _naming.rate_key(named), _store.name_tag(named)
-    values = _store.initial(hi_lo, 100, [1])  # a huge burst, a tiny interval: the squat
+    values = _store.initial(hi_lo, Layout(100, 1, ()))  # a huge burst, a tiny interval: the squat
     as_user(
         other_user,
         f"""
@@ -400,7 +402,7 @@ def test_named_limiters_are_listed_and_unlinked_like_semaphores(named: str) -> N
     info = _inventory.rate_info(named)
     assert info is not None
     assert (info.name, info.rates, info.burst, info.attached) == (named, (10.0, 2.0), 3, 1)
-    assert info.rate_text == "10 per 1 s and 2 per 1 s"
+    assert info.rate_text == "10 per 1 s and 120 per 60 s"
     assert info in _inventory.list_rate_limiters()
     assert _inventory.named_info(named) == []  # not a semaphore
     assert not _inventory.unlink_any(named, crash_safe=True)  # only that kernel's semaphore

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import multiprocessing
 import pickle
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
@@ -177,3 +178,64 @@ async def test_async_rate_fifo_and_cancellation(url: str, name: str) -> None:
     assert not await alimiter.acquire(timeout=0)
     alimiter.limiter.unlink()
     await alimiter.aclose()
+
+
+def _share(url: str, name: str, backend: str, until: float, out: Any) -> None:
+    """20 waiters loop on the limiter until ``until``; puts the admission times."""
+    times: list[float] = []
+    if backend == "sync":
+        sync = RedisRateLimiter(url, name, "100/s")
+
+        def loop() -> None:
+            while time.monotonic() < until:
+                if sync.acquire(timeout=max(0.0, until - time.monotonic())):
+                    times.append(time.monotonic())
+
+        threads = [threading.Thread(target=loop) for _ in range(20)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        sync.close()
+        out.put((backend, times))
+        return
+
+    async def main() -> None:
+        limiter = AsyncRedisRateLimiter(url, name, "100/s")
+
+        async def task() -> None:
+            while time.monotonic() < until:
+                with anyio.move_on_after(max(0.0, until - time.monotonic())):
+                    await limiter.acquire()
+                    times.append(time.monotonic())
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(20):
+                tg.start_soon(task)
+        await limiter.aclose()
+
+    anyio.run(main, backend=backend)
+    out.put((backend, times))
+
+
+@pytest.mark.timeout(60)
+def test_async_limiter_is_fair_between_processes(url: str, name: str) -> None:
+    """Four processes of 20 waiters each (threads, asyncio and trio tasks) get equal shares
+    of 100/s."""
+    ctx = multiprocessing.get_context("fork")
+    out: Any = ctx.Queue()
+    until = time.monotonic() + 4.0
+    backends = ["asyncio", "trio", "sync", "asyncio"]
+    procs = [ctx.Process(target=_share, args=(url, name, b, until, out))
+             for b in backends]
+    for proc in procs:
+        proc.start()
+    results = [out.get(timeout=30)[1] for _ in procs]
+    for proc in procs:
+        proc.join(10)
+    # counted once every process surely waits (they start at different speeds)
+    counts = [sum(1 for t in times if until - 2.5 <= t < until) for times in results]
+    mean = sum(counts) / 4
+    assert sum(counts) <= 1 + 100 * 2.5 + 4  # the bound (plus a slot in flight per process)
+    assert all(abs(c - mean) <= 0.2 * mean for c in counts), counts
+    RedisRateLimiter(url, name, "100/s").unlink()

@@ -79,7 +79,7 @@ def stall_in_update(name: str, marker: str, where: str) -> None:
     ``compute``: after reading the state, before computing the new one; ``swap``: with the
     new state computed, just before the compare-and-swap system call.
     """
-    from procthrottle._rate import _limiter, _store
+    from procthrottle._rate import _clock, _store
 
     limiter = RateLimiter(50, name=name, burst=2)
     limiter._cache = None  # read the shared state first, as a process that lost a race does
@@ -89,13 +89,13 @@ def stall_in_update(name: str, marker: str, where: str) -> None:
         time.sleep(60)
 
     if where == "compute":
-        real_clock = _limiter._monotonic_ns
+        real_clock = _clock.now_ns
 
         def slow_clock() -> int:
             stall()
             return real_clock()
 
-        _limiter._monotonic_ns = slow_clock
+        _clock.now_ns = slow_clock
     else:
         real_semop = _store.semop
 
@@ -105,3 +105,41 @@ def stall_in_update(name: str, marker: str, where: str) -> None:
 
         _store.semop = slow_semop  # type: ignore[assignment]
     limiter.acquire()
+
+
+def fair_worker(
+    limiter: RateLimiter, kind: str, waiters: int, path: str, t0: float, end: float
+) -> None:
+    """``waiters`` threads, asyncio or trio tasks acquire until ``end``; one line per process:
+    the pid and the times of its admissions."""
+    times: list[float] = []
+
+    def thread() -> None:
+        while (left := end - time.monotonic()) > 0:
+            if limiter.acquire(timeout=left):
+                times.append(time.monotonic())
+
+    async def task(shared: AsyncRateLimiter) -> None:
+        while (left := end - time.monotonic()) > 0:
+            if await shared.acquire(timeout=left):
+                times.append(time.monotonic())
+
+    async def main() -> None:
+        shared = AsyncRateLimiter(limiter)
+        await anyio.sleep(max(0.0, t0 - time.monotonic()))
+        async with anyio.create_task_group() as tg:
+            for _ in range(waiters):
+                tg.start_soon(task, shared)
+
+    if kind == "threads":
+        import threading
+
+        wait_until(t0)
+        pool = [threading.Thread(target=thread) for _ in range(waiters)]
+        for worker in pool:
+            worker.start()
+        for worker in pool:
+            worker.join()
+    else:
+        anyio.run(main, backend=kind)
+    record(path, " ".join([str(os.getpid()), *map(repr, times)]))

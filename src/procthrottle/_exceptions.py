@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from concurrent.futures.process import BrokenProcessPool
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ._worker_crashed import WorkerCrashedError as WorkerCrashedError
 
 
 class ProcThrottleError(Exception):
@@ -13,12 +16,13 @@ class SemaphoreClosedError(ProcThrottleError):
     """The semaphore was used after ``close()``, or after it was unlinked from the host."""
 
 
-class WorkerCrashedError(ProcThrottleError, BrokenProcessPool):
-    """A task's worker process died while running it (signal or abrupt exit).
+if not TYPE_CHECKING:  # hidden from type checkers, which would accept any name through it
 
-    The message names the signal (e.g. ``SIGKILL``) or exit code and the worker's pid. It also
-    derives from `concurrent.futures.process.BrokenProcessPool`, whose stdlib meaning is "a
-    worker process terminated abruptly", so ``except BrokenProcessPool`` clauses written for
-    `ProcessPoolExecutor` keep catching it. Only the task whose worker died fails with it: the
-    pool replaces the worker and goes on.
-    """
+    def __getattr__(name: str) -> object:
+        # `WorkerCrashedError` lives in its own module (it imports `concurrent.futures.process`);
+        # ``from .._exceptions import WorkerCrashedError`` keeps working.
+        if name == "WorkerCrashedError":
+            from ._worker_crashed import WorkerCrashedError
+
+            return WorkerCrashedError
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

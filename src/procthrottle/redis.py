@@ -6,9 +6,10 @@ Needs the `redis` extra (`pip install 'procthrottle[redis]'`) and a Redis server
 from __future__ import annotations
 
 try:
-    from ._backends._redis import AsyncRedisSemaphore as AsyncRedisSemaphore
+    from ._backends._redis import LeaseLostError as LeaseLostError
     from ._backends._redis import RedisSemaphore as RedisSemaphore
-    from ._backends._redis import RedisUnavailableError as RedisUnavailableError
+    from ._backends._redis_async import AsyncRedisSemaphore as AsyncRedisSemaphore
+    from ._backends._redis_link import RedisUnavailableError as RedisUnavailableError
     from ._backends._redis_rate import AsyncRedisRateLimiter as AsyncRedisRateLimiter
     from ._backends._redis_rate import RedisRateLimiter as RedisRateLimiter
 except ModuleNotFoundError as exc:  # the extra is missing: say how to get it
@@ -22,6 +23,7 @@ except ModuleNotFoundError as exc:  # the extra is missing: say how to get it
 __all__ = [
     "AsyncRedisRateLimiter",
     "AsyncRedisSemaphore",
+    "LeaseLostError",
     "RedisRateLimiter",
     "RedisSemaphore",
     "RedisUnavailableError",

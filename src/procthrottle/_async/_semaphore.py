@@ -194,6 +194,11 @@ class AsyncSemaphore:
 
         The kernel permit goes back to the kernel first, so waiters in other processes get
         their turn; the local slot then goes to the next task of this process.
+
+        Raises:
+            ValueError: The permit would raise the value above the limit, or this process
+                holds none (what the wrapped semaphore's ``release`` raises).
+            SemaphoreClosedError: The wrapped semaphore was closed or unlinked.
         """
         self._core.release()
 

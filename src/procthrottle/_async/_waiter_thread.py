@@ -96,7 +96,9 @@ class WaiterThread:
                 return True
         try:
             # Fair: no timeout, so this thread keeps its place in the kernel's queue.
-            got = self.try_acquire(True, None) if self.fast else self.try_acquire(False)
+            # `acquire(True)`, block alone: every blocking semaphore takes it (threading.Lock
+            # refuses timeout=None), and it waits as long as it takes
+            got = self.try_acquire(True) if self.fast else self.try_acquire(False)
         except BaseException as exc:
             self._fail(exc)
             return True

@@ -1,161 +1,106 @@
 """``RedisSemaphore``: permits as leases in Redis, so one limit can span machines.
 
-Each permit is a member of a sorted set whose score is the time (Redis's own clock) at which
-its lease expires. Acquiring first drops expired leases, so the permits of a holder that died
-come back after at most ``lease`` seconds; a live holder's leases are renewed by a background
-thread every ``lease / 3`` seconds. Everything runs in Lua scripts, atomically on the server.
-Only integers and random tokens are stored: nothing is ever unpickled from Redis.
+Each permit is a token in a sorted set whose score is the time (Redis's own clock) at which
+its lease expires; a live holder's leases are renewed by a background thread every
+``lease / 3`` seconds, and a holder that dies loses its permits when the lease runs out.
+Waiters queue in Redis in order of arrival and are woken by the release that frees their
+permit (see `_redis_waiting`). Everything runs in Lua scripts (`_redis_lua`), atomically on
+the server, and every call is bounded in time (`_redis_link`). Only integers and random
+tokens are stored: nothing is ever unpickled from Redis.
+
+Tokens belong to a process: a forked child starts with none, so it can neither release nor
+close away its parent's permits.
 """
 
 from __future__ import annotations
 
 import inspect
 import logging
-import random
+import os
+import secrets
 import threading
 import time
-import uuid
 from typing import Any, NoReturn
-from urllib.parse import urlsplit, urlunsplit
 
 import redis
 
-from .._async._semaphore import AsyncSemaphore
 from .._exceptions import ProcThrottleError, SemaphoreClosedError
 from .._kernel._semaphore import _HoldsPermits
 from .._kernel._validate import check_count, check_limit, check_name, check_timeout
+from . import _redis_lua as lua
+from ._redis_link import CallTimedOut, Link, RedisUnavailableError, Script, describe
+from ._redis_waiting import ALIVE_MS, GRANTED, ThreadWaiter, Waiting
+
+__all__ = ["LeaseLostError", "RedisSemaphore", "RedisUnavailableError", "describe"]
 
 log = logging.getLogger("procthrottle.redis")
 
 MAX_LIMIT = 2**31 - 1
+#: Milliseconds the keys of a semaphore outlive their last use, beyond the longest lease.
+GRACE_MS = 60_000
 _CLIENT_PARAMETERS = frozenset(inspect.signature(redis.Redis.__init__).parameters) - {"self"}
 
 
-def client_settings(client: redis.Redis) -> dict[str, Any]:
-    """The plain settings of the client's connections that ``Redis()`` takes (to rebuild it in
-    another process, or as an asyncio client): no sockets, no callables, nothing pickled."""
-    return {
-        k: v for k, v in client.connection_pool.connection_kwargs.items()
-        if k in _CLIENT_PARAMETERS and isinstance(v, str | int | float | bool)
-    }  # fmt: skip
-#: A blocked acquire polls Redis with a backoff that grows to this many seconds.
-MAX_POLL = 0.05
-
-_NOW = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-"""
-_CHECK_LIMIT = """
-local stored = redis.call('GET', KEYS[2])
-if not stored then
-    redis.call('SET', KEYS[2], ARGV[1])
-elseif tonumber(stored) ~= tonumber(ARGV[1]) then
-    return -tonumber(stored)
-end
-"""
-# KEYS: holders, limit. ARGV: limit, token, lease_ms. Returns 1 taken, 0 busy, -L limit is L.
-_ACQUIRE = _NOW + _CHECK_LIMIT + """
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[1]) then
-    redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[2])
-    return 1
-end
-return 0
-"""
-# KEYS: holders, limit. ARGV: limit. Returns the free permits, or -L if the limit is L.
-_OPEN = _NOW + _CHECK_LIMIT + """
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-return tonumber(ARGV[1]) - redis.call('ZCARD', KEYS[1])
-"""
-# KEYS: holders. ARGV: lease_ms, tokens... Returns the tokens whose lease had already expired.
-_RENEW = _NOW + """
-local lost = {}
-for i = 2, #ARGV do
-    if redis.call('ZSCORE', KEYS[1], ARGV[i]) then
-        redis.call('ZADD', KEYS[1], 'XX', now + tonumber(ARGV[1]), ARGV[i])
-    else
-        table.insert(lost, ARGV[i])
-    end
-end
-return lost
-"""
+class LeaseLostError(ProcThrottleError):
+    """A permit's lease ran out before it was renewed or released (the holder was paused
+    longer than the lease, Redis was unreachable that long, or Redis restarted without its
+    data), so another holder may have been let in meanwhile: the limit did not hold for that
+    time. Raised by ``release()``; the permit is no longer held either way."""
 
 
-class RedisUnavailableError(ProcThrottleError, ConnectionError):
-    """Redis could not be reached; the semaphore's state is unchanged."""
+class _Local:
+    """What a handle holds in one process: its tokens, its renewer and its waiters."""
+
+    def __init__(self, sem: RedisSemaphore) -> None:
+        self.pid = os.getpid()
+        self.client = secrets.token_hex(8)
+        self.held: list[str] = []  # list.append/pop are atomic
+        self.lost: set[str] = set()
+        self.stop = threading.Event()
+        self.renewer: threading.Thread | None = None
+        self.lock = threading.Lock()
+        self.waiting = Waiting(sem, self.client, sem._wake_prefix + self.client, sem._where)
 
 
-def redact(url: str) -> str:
-    """The URL with its password replaced by ``***``: safe for logs and reprs."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+_locals_lock = threading.Lock()
 
 
-def _describe(client: redis.Redis) -> str:
-    kwargs = client.connection_pool.connection_kwargs
-    if "path" in kwargs:
-        return f"unix://{kwargs['path']}"
-    host, port = kwargs.get("host", "localhost"), kwargs.get("port", 6379)
-    return f"redis://{host}:{port}/{kwargs.get('db', 0)}"
+def _reset_after_fork() -> None:
+    global _locals_lock
+    _locals_lock = threading.Lock()
 
 
-class RedisConnection:
-    """What a Redis semaphore or rate limiter knows of its server: the client (made from a URL,
-    or given), where it is (with no password, for messages and reprs), and how to reach it
-    again from another process."""
-
-    _url: str | None
-    _where: str
-    _client: redis.Redis
-    _owns_client: bool
-
-    def _connect(self, client_or_url: redis.Redis | str) -> None:
-        if isinstance(client_or_url, str):
-            self._url = client_or_url
-            self._where = redact(client_or_url)
-            self._client = redis.Redis.from_url(client_or_url)
-            self._owns_client = True
-        elif isinstance(client_or_url, redis.Redis):
-            self._url, self._client, self._owns_client = None, client_or_url, False
-            self._where = _describe(client_or_url)
-        else:
-            raise TypeError(
-                "client_or_url must be a redis.Redis client or a redis:// URL, "
-                f"not {type(client_or_url).__name__}"
-            )
-
-    def _reachable_as(self) -> str | dict[str, Any]:
-        """The URL, or the client's plain settings: a picklable way to reach the server."""
-        return self._url if self._url is not None else client_settings(self._client)
-
-    def _unavailable(self, exc: BaseException) -> NoReturn:
-        if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
-            raise RedisUnavailableError(
-                f"cannot reach Redis at {self._where} ({type(exc).__name__}: {exc}); is "
-                "redis-server running there, and is the URL right? Nothing was changed"
-            ) from None
-        raise exc
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_after_fork)
 
 
-def client_from(where: str | dict[str, Any]) -> redis.Redis | str:
-    """The other end of `RedisConnection._reachable_as`."""
-    return where if isinstance(where, str) else redis.Redis(**where)
-
-
-class RedisSemaphore(_HoldsPermits, RedisConnection):
+class RedisSemaphore(_HoldsPermits):
     """A semaphore shared through Redis by every process, on any machine, that opens ``name``.
 
-    Same interface as `ProcessSemaphore`. Permits are leases: a holder that
-    dies loses them after at most ``lease`` seconds, while a live holder's are renewed in the
-    background. A permit is released by the handle that acquired it (``ValueError`` otherwise).
-    Pickles as its connection settings and name, so it can be passed to other processes and
-    to Dask workers. Raises `RedisUnavailableError` when Redis cannot be reached.
+    Same interface as `ProcessSemaphore`. Permits are leases: a holder that dies loses them
+    after at most ``lease`` seconds, while a live holder's are renewed in the background; a
+    holder whose lease was lost anyway can tell (`lease_lost`), and its ``release()`` raises
+    `LeaseLostError`. Waiters queue in Redis first come, first served across all clients and
+    are woken by the release, not by polling. Every Redis call is bounded by the caller's
+    ``timeout`` (or the client's ``socket_timeout``, or 5 s), so a stalled server cannot hang
+    a caller. A permit is released by the handle, in the process, that acquired it
+    (``ValueError`` otherwise; a forked child holds none of its parent's). Pickles as its
+    connection settings and name, so it can be passed to other processes and to Dask workers.
+
+    Args:
+        client_or_url: A ``redis.Redis`` client or a URL that ``redis.Redis.from_url``
+            takes (``redis://``, ``rediss://``, ``unix://``).
+        name: The semaphore's name in Redis: every client that uses it shares its permits.
+            1 to 200 characters of ``[A-Za-z0-9._-]``.
+        limit: Its number of permits (>= 1). Opening an existing name with another limit
+            raises ``ValueError``.
+        lease: Seconds (0.1 to a year) after which a dead holder's permit comes back; a live
+            holder renews its leases in the background.
+
+    Raises:
+        TypeError: An argument of the wrong type.
+        ValueError: A bad name, limit or lease, or a name that exists with another limit.
+        RedisUnavailableError: Redis cannot be reached (nothing is changed).
     """
 
     #: Every call is a network round trip: `AsyncSemaphore` makes them all in its waiter
@@ -171,65 +116,159 @@ class RedisSemaphore(_HoldsPermits, RedisConnection):
         self._name = checked
         self._limit = check_limit(limit, maximum=MAX_LIMIT)
         seconds = check_timeout(lease)  # a number, not NaN
-        if seconds is None or seconds < 0.1:
-            raise ValueError(f"lease must be at least 0.1 seconds, got {lease}")
+        if seconds is None or seconds < 0.1 or seconds > 86400 * 365:
+            raise ValueError(f"lease must be 0.1 seconds to a year, got {lease}")
         self._lease = seconds
-        self._connect(client_or_url)
-        tag = "{" + self._name + "}"  # one hash slot for both keys (Redis Cluster)
-        self._keys = (f"procthrottle:{tag}:holders", f"procthrottle:{tag}:limit")
-        self._acquire_script = self._client.register_script(_ACQUIRE)
-        self._open_script = self._client.register_script(_OPEN)
-        self._renew_script = self._client.register_script(_RENEW)
-        self._held: list[str] = []  # this handle's tokens; list.append/pop are atomic
+        self._lease_ms = int(seconds * 1000)
+        self._link = Link(client_or_url)
+        self._where = self._link.where
+        self._source: str | dict[str, Any] = (
+            client_or_url if isinstance(client_or_url, str)
+            else self._link.plain_settings(_CLIENT_PARAMETERS)
+        )
+        tag = "procthrottle:{" + self._name + "}:"
+        self._keys = [tag + k for k in ("holders", "limit", "queue", "clients", "seq", "gone")]
+        self._wake_prefix = tag + "wake:"
+        self._keep_ms = max(self._lease_ms, ALIVE_MS) + GRACE_MS
         self._closed = False
-        self._stop = threading.Event()
-        self._renewer: threading.Thread | None = None
-        self._renewer_lock = threading.Lock()
-        self._check(self._call(self._open_script, self._limit))
+        self._local: _Local | None = None
+        self._free = self._limit
+        self._free = int(self._run(lua.OPEN, [], None)[1])
 
     # -- the interface of ProcessSemaphore ---------------------------------------------------
     def acquire(self, block: bool = True, timeout: float | None = None) -> bool:
-        """Take one permit; False if none came (``block=False``, or ``timeout`` elapsed)."""
-        timeout = check_timeout(timeout)
-        if self._closed:
-            self._raise_closed()
-        token = uuid.uuid4().hex
-        deadline = None if timeout is None else time.monotonic() + timeout
-        delay = 0.002
-        while not self._check(
-            self._call(self._acquire_script, self._limit, token, int(self._lease * 1000))
-        ):
-            if not block or (deadline is not None and time.monotonic() >= deadline):
-                return False
-            pause = delay * random.uniform(0.5, 1.0)  # jitter: waiters do not poll in step
-            if deadline is not None:
-                pause = min(pause, max(0.0, deadline - time.monotonic()))
-            time.sleep(pause)
-            delay = min(delay * 1.5, MAX_POLL)
-        self._held.append(token)
-        self._ensure_renewer()
-        return True
+        """Take one permit; False if none came (``block=False``, or ``timeout`` elapsed).
+
+        Waits in the server's queue, first come first served, and returns within about
+        ``timeout`` even when Redis stalls (a call cut short leaves nothing behind: its
+        place or permit is given back once the server answers).
+
+        Args:
+            block: False: return at once if no permit is free.
+            timeout: Seconds to wait at most (None: forever).
+
+        Returns:
+            True when a permit was taken, False when none came.
+
+        Raises:
+            SemaphoreClosedError: The handle was closed.
+            RedisUnavailableError: Redis cannot be reached.
+            ValueError: ``timeout`` is NaN, or the name now exists with another limit.
+            TypeError: ``timeout`` is not a number.
+        """
+        seconds = check_timeout(timeout)
+        self._check_open()
+        if seconds is not None and seconds == float("inf"):
+            seconds = None
+        if not block:
+            seconds = 0.0
+        deadline = None if seconds is None else time.monotonic() + max(0.0, seconds)
+        local = self._mine()
+        token = self._token(local)
+        waiter = None
+        if deadline is None or seconds:
+            waiter = ThreadWaiter()
+            local.waiting.register(token, waiter)  # before the call: the grant may come first
+        try:
+            status = self._try_acquire(token, waiter is not None, _left(deadline))
+        except CallTimedOut:
+            local.waiting.settle(token)
+            local.waiting.abandon(token)
+            if deadline is None:
+                raise self._link.timed_out("an acquire") from None
+            return False
+        except BaseException:
+            local.waiting.settle(token)
+            local.waiting.abandon(token)
+            raise
+        if status != 0:
+            local.waiting.settle(token)
+            if status == 1:
+                self._took(local, token)
+                return True
+            return False
+        assert waiter is not None
+        return self._wait(local, token, waiter, deadline)
+
+    def _wait(self, local: _Local, token: str, waiter: ThreadWaiter,
+              deadline: float | None) -> bool:
+        try:
+            waiter.event.wait(_left(deadline))
+        except BaseException:  # interrupted: our place (or a permit granted) goes back
+            if local.waiting.settle(token) is waiter and waiter.state == GRANTED:
+                self._took(local, token)
+                self.release()
+            else:
+                local.waiting.abandon(token)
+            raise
+        local.waiting.settle(token)
+        if waiter.state == GRANTED:
+            self._took(local, token)
+            return True
+        if waiter.error is not None:
+            local.waiting.abandon(token)
+            raise waiter.error
+        # Timed out: leave the queue now -- or keep a permit granted at this very moment.
+        try:
+            if self._cancel(token, True, 0.0) == 1:
+                self._took(local, token)
+                return True
+        except (CallTimedOut, RedisUnavailableError, redis.RedisError):
+            local.waiting.abandon(token)  # the worker retries until the server answers
+        return False
 
     def release(self, n: int = 1) -> None:
-        """Return ``n`` permits this handle holds (``ValueError``, nothing changed, if fewer)."""
+        """Return ``n`` permits this handle holds in this process (``ValueError``, nothing
+        changed, if fewer). Raises `LeaseLostError` if the lease of one of them had been lost
+        (the permits are released all the same).
+
+        Args:
+            n: How many (an int >= 1).
+
+        Raises:
+            ValueError: This handle holds fewer than ``n`` permits; nothing changes.
+            LeaseLostError: A lease was lost before the release (the permits are released).
+            SemaphoreClosedError: The handle was closed.
+            RedisUnavailableError: Redis cannot be reached.
+        """
         check_count(n)
-        if self._closed:
-            self._raise_closed()
+        self._check_open()
+        local = self._mine()
+        tokens = self._take_back(local, n)
+        try:
+            lost = self._release_tokens(tokens, None)
+        except CallTimedOut:
+            local.held.extend(tokens)
+            raise self._link.timed_out("a release") from None
+        except BaseException:
+            local.held.extend(tokens)  # still ours (and renewed): release again
+            raise
+        self._after_release(local, tokens, lost)
+
+    def _take_back(self, local: _Local, n: int) -> list[str]:
         tokens: list[str] = []
         try:
             for _ in range(n):
-                tokens.append(self._held.pop())
+                tokens.append(local.held.pop())
         except IndexError:
-            self._held.extend(reversed(tokens))
+            local.held.extend(reversed(tokens))
             raise ValueError(
                 f"release(n={n}), but this handle holds {len(tokens)} permit(s) of "
-                f"{self._name!r}; release permits through the handle that acquired them"
+                f"{self._name!r} in this process; release permits through the handle that "
+                "acquired them, in the process that acquired them"
             ) from None
-        try:
-            self._client.zrem(self._keys[0], *tokens)
-        except redis.RedisError as exc:
-            self._held.extend(reversed(tokens))
-            self._unavailable(exc)
+        return tokens
+
+    def _after_release(self, local: _Local, tokens: list[str], lost: int) -> None:
+        known = local.lost.intersection(tokens)
+        local.lost.difference_update(tokens)
+        if lost or known:
+            raise LeaseLostError(
+                f"the lease of {max(lost, len(known))} permit(s) of {self._name!r} ran out "
+                f"before this release (held longer than lease={self._lease:g} s without a "
+                "renewal: the process paused, Redis was unreachable, or Redis restarted), so "
+                "another holder may have run meanwhile; the permit is released"
+            )
 
     @property
     def limit(self) -> int:
@@ -248,31 +287,47 @@ class RedisSemaphore(_HoldsPermits, RedisConnection):
 
     @property
     def value(self) -> int:
-        """Free permits now (expired leases count as free)."""
-        return self._check(self._call(self._open_script, self._limit))
+        """Free permits now (expired leases count as free): one round trip."""
+        self._check_open()
+        return int(self._run(lua.OPEN, [], None)[1])
+
+    @property
+    def lease_lost(self) -> bool:
+        """Whether a permit this handle holds (in this process) lost its lease: the renewer
+        found it gone (taken over after it expired, or Redis restarted). Its ``release()``
+        will raise `LeaseLostError`."""
+        local = self._local
+        if local is None or local.pid != os.getpid():
+            return False
+        return bool(local.lost.intersection(local.held))
 
     def close(self) -> None:
-        """Stop renewing, give back the permits this handle still holds, disconnect."""
+        """Stop renewing, give back the permits this handle holds in this process (a forked
+        child's close never touches its parent's), disconnect."""
         if self._closed:
             return
         self._closed = True
-        self._stop.set()
-        held, self._held = self._held, []
-        try:
+        local = self._local
+        if local is not None and local.pid == os.getpid():
+            local.stop.set()
+            local.waiting.close(SemaphoreClosedError(f"the Redis semaphore {self._name!r} "
+                                                     "was closed"))
+            held, local.held = local.held, []
             if held:
-                self._client.zrem(self._keys[0], *held)
-        except redis.RedisError:
-            log.warning("could not return %d permit(s) of %r to Redis at %s; they expire "
-                        "within %g s", len(held), self._name, self._where, self._lease)
-        if self._owns_client:
-            self._client.close()
+                try:
+                    self._release_tokens(held, None)
+                except (CallTimedOut, RedisUnavailableError, redis.RedisError):
+                    log.warning("could not return %d permit(s) of %r to Redis at %s; they "
+                                "expire within %g s", len(held), self._name, self._where,
+                                self._lease)
+        self._link.close()
 
     def unlink(self) -> None:
         """Remove the semaphore from Redis (its holders' permits with it), then close."""
         try:
-            self._client.delete(*self._keys)
-        except redis.RedisError as exc:
-            self._unavailable(exc)
+            self._link.call(None, "DEL", *self._keys)
+        except CallTimedOut:
+            raise self._link.timed_out("an unlink") from None
         self.close()
 
     def __repr__(self) -> str:
@@ -284,78 +339,120 @@ class RedisSemaphore(_HoldsPermits, RedisConnection):
     def __reduce__(self) -> tuple[Any, ...]:
         if self._closed:
             raise SemaphoreClosedError("cannot pickle a closed semaphore")
-        return (_rebuild, (self._reachable_as(), self._name, self._limit, self._lease))
+        return (_rebuild, (self._source, self._name, self._limit, self._lease))
+
+    # -- the calls (each one script, bounded in time) ----------------------------------------
+    def _run(self, script: Script, extra: list[Any], timeout: float | None,
+             keep: bool = True) -> list[Any]:
+        args = [self._limit, self._wake_prefix, self._keep_ms if keep else 0, ALIVE_MS, *extra]
+        reply = self._link.run(timeout, script, self._keys, args)
+        if int(reply[0]) == -1:
+            raise ValueError(
+                f"semaphore {self._name!r} already exists in Redis with limit={reply[1]}, "
+                f"not {self._limit}; open it with limit={reply[1]}, or unlink it first"
+            )
+        return list(reply)
+
+    def _try_acquire(self, token: str, queue: bool, timeout: float | None) -> int:
+        """1 taken, 0 queued (a grant will come), 2 busy."""
+        reply = self._run(lua.ACQUIRE, [token, "1" if queue else "0"], timeout)
+        self._free = int(reply[1])
+        return int(reply[0])
+
+    def _release_tokens(self, tokens: list[str], timeout: float | None) -> int:
+        """Release ``tokens``; how many had lost their lease."""
+        reply = self._run(lua.RELEASE, tokens, timeout)
+        self._free = int(reply[2])
+        return int(reply[1])
+
+    def _cancel(self, token: str, keep: bool, timeout: float | None) -> int:
+        return int(self._run(lua.CANCEL, [token, "1" if keep else "0"], timeout)[0])
+
+    def _heartbeat(self, client: str, tokens: list[str], keep: bool) -> None:
+        reply = self._run(lua.HEARTBEAT, [client, *tokens], None, keep)
+        self._free = int(reply[1])
+
+    def _pop_granted(self, key: str, seconds: float) -> list[str]:
+        reply = self._link.call(seconds + self._link.default_timeout, "BLPOP", key, seconds)
+        if not reply:
+            return []
+        tokens = [reply[1].decode()]
+        more = self._link.call(None, "LPOP", key, 1000)
+        return tokens + [t.decode() for t in more or ()]
 
     # -- internals ---------------------------------------------------------------------------
-    def _call(self, script: Any, *args: Any) -> int:
-        try:
-            return int(script(keys=self._keys, args=args))
-        except redis.RedisError as exc:
-            self._unavailable(exc)
+    def _mine(self) -> _Local:
+        """This process's state of the handle (a fresh one, holding nothing, after a fork)."""
+        local = self._local
+        if local is None or local.pid != os.getpid():
+            with _locals_lock:
+                local = self._local
+                if local is None or local.pid != os.getpid():
+                    local = self._local = _Local(self)
+        return local
 
-    def _check(self, result: int) -> int:
-        """A script's answer; negative means the name exists with another limit."""
-        if result < 0:
-            raise ValueError(
-                f"semaphore {self._name!r} already exists in Redis with limit={-result}, "
-                f"not {self._limit}; open it with limit={-result}, or unlink it first"
-            )
-        return result
+    def _token(self, local: _Local) -> str:
+        return f"{local.client}-{self._lease_ms}-{secrets.token_hex(8)}"
+
+    def _took(self, local: _Local, token: str) -> None:
+        local.held.append(token)
+        self._ensure_renewer(local)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise SemaphoreClosedError(f"the Redis semaphore {self._name!r} was closed")
 
     def _raise_closed(self) -> NoReturn:
         raise SemaphoreClosedError(f"the Redis semaphore {self._name!r} was closed")
 
-    def _ensure_renewer(self) -> None:
-        with self._renewer_lock:
-            if self._renewer is None or not self._renewer.is_alive():
-                self._renewer = threading.Thread(
-                    target=self._renew_forever, name="procthrottle-redis-lease", daemon=True
+    def _ensure_renewer(self, local: _Local) -> None:
+        with local.lock:
+            if local.renewer is None or not local.renewer.is_alive():
+                local.renewer = threading.Thread(
+                    target=self._renew_forever, args=(local,), name="procthrottle-redis-lease",
+                    daemon=True,
                 )
-                self._renewer.start()
+                local.renewer.start()
 
-    def _renew_forever(self) -> None:
-        """Renew this handle's leases every lease/3 seconds while it holds any."""
-        while not self._stop.wait(self._lease / 3):
-            tokens = list(self._held)
+    def _renew_forever(self, local: _Local) -> None:
+        """Renew this process's leases every lease/3 seconds while it holds any."""
+        while not local.stop.wait(self._lease / 3):
+            tokens = list(local.held)
             if not tokens:
-                with self._renewer_lock:
-                    if not self._held:
-                        self._renewer = None
+                with local.lock:
+                    if not local.held:
+                        local.renewer = None
                         return
                 continue
             try:
-                lost = self._renew_script(keys=self._keys[:1],
-                                          args=[int(self._lease * 1000), *tokens])
-            except redis.RedisError as exc:
+                reply = self._run(lua.RENEW, tokens, self._lease / 3)
+            except (CallTimedOut, RedisUnavailableError, redis.RedisError) as exc:
                 log.warning("could not renew %d lease(s) of %r at %s: %s", len(tokens),
                             self._name, self._where, type(exc).__name__)
                 continue
-            if lost:
-                log.warning("%d lease(s) of %r expired before renewal (was this process "
-                            "paused for more than %g s?)", len(lost), self._name, self._lease)
+            except ValueError:
+                continue  # the name was unlinked and made again with another limit
+            lost = {t.decode() if isinstance(t, bytes) else str(t) for t in reply[1:]}
+            if lost - local.lost:
+                log.warning("%d lease(s) of %r at %s were lost before renewal (was this "
+                            "process paused for more than %g s, or Redis restarted?)",
+                            len(lost - local.lost), self._name, self._where, self._lease)
+            local.lost.update(lost)
+
+
+def _left(deadline: float | None) -> float | None:
+    return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+
+def client_from(where: str | dict[str, Any]) -> redis.Redis | str:
+    """A client (or URL) from what `RedisSemaphore.__reduce__` stored."""
+    return where if isinstance(where, str) else redis.Redis(**where)
 
 
 def _rebuild(where: str | dict[str, Any], name: str, limit: int, lease: float) -> RedisSemaphore:
-    return RedisSemaphore(client_from(where), name, limit, lease=lease)
-
-
-class AsyncRedisSemaphore(AsyncSemaphore):
-    """``await`` a `RedisSemaphore` on asyncio or trio (an `AsyncSemaphore` around one).
-
-    No Redis call runs on the event loop's thread once it is built: acquires (polling with a
-    backoff) and releases are made by the adapter's one waiter thread, so a stalled server
-    delays the tasks that wait for it, never the loop. A Redis outage while tasks wait reaches
-    them as `RedisUnavailableError`. Building it makes one round trip (it checks the limit), so
-    build it before the loop starts or accept that one call.
-
-    Args:
-        client_or_url: A ``redis.Redis`` client or a ``redis://`` URL.
-        name: The semaphore's name in Redis.
-        limit: Its number of permits.
-        lease: Seconds after which a dead holder's permit comes back.
-    """
-
-    def __init__(
-        self, client_or_url: redis.Redis | str, name: str, limit: int, *, lease: float = 30.0
-    ) -> None:
-        super().__init__(RedisSemaphore(client_or_url, name, limit, lease=lease))
+    client = client_from(where)
+    try:
+        return RedisSemaphore(client, name, limit, lease=lease)
+    finally:
+        if not isinstance(client, str):
+            client.close()

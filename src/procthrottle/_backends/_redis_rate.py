@@ -9,27 +9,34 @@ are stored: nothing is ever unpickled from Redis.
 
 from __future__ import annotations
 
+import inspect
 import math
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
 import anyio
+import anyio.lowlevel
+import anyio.to_thread
 import redis
-import redis.asyncio
-import sniffio
 
 from .._exceptions import SemaphoreClosedError
 from .._kernel._validate import check_name
 from .._rate._async import AsyncRateLimiter
 from .._rate._base import RateLimits, Reservation, max_wait_ns
 from .._rate._parse import check_burst, check_extra, check_n, describe, rate_pair
-from ._redis import RedisConnection, client_from, client_settings
+from ._redis_async import _limiter
+from ._redis_link import CallTimedOut, Link, Script
+
+_CLIENT_PARAMETERS = frozenset(inspect.signature(redis.Redis.__init__).parameters) - {"self"}
+#: Milliseconds a limiter's state outlives the moment it stops mattering (its last slot).
+GRACE_MS = 60_000
 
 # KEYS: the hash. ARGV: config, burst, n, max_wait_us (-1: any), intervals_us...
 # Returns {1, wait_us, old..., new...} when reserved, {0, wait_us} when refused,
 # {-1, config} when the name exists with another configuration.
-_RESERVE = """
+_RESERVE = Script("""
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local cfg = redis.call('HGET', KEYS[1], 'cfg')
@@ -51,23 +58,34 @@ if maxwait >= 0 and slot - now > maxwait then
     return {0, string.format('%d', slot - now)}
 end
 local reply = {1, string.format('%d', slot - now)}
+local last = now
 for i = 1, k do
     local new = math.max(old[i], slot) + n * tonumber(ARGV[4 + i])
+    if new > last then last = new end
     reply[2 + i] = string.format('%d', old[i])
     reply[2 + k + i] = string.format('%d', new)
     redis.call('HSET', KEYS[1], 't' .. i, reply[2 + k + i])
 end
+-- once its last slot has passed the state is as good as none: it expires then (plus grace)
+redis.call('PEXPIRE', KEYS[1], math.ceil((last - now) / 1000) + GRACE)
 return reply
-"""
+""".replace("GRACE", str(GRACE_MS)))
 # KEYS: the hash. ARGV: k, old..., new...: put the old TATs back if the new ones are current.
-_GIVE_BACK = """
+_GIVE_BACK = Script("""
 local k = tonumber(ARGV[1])
 for i = 1, k do
     if redis.call('HGET', KEYS[1], 't' .. i) ~= ARGV[1 + k + i] then return 0 end
 end
 for i = 1, k do redis.call('HSET', KEYS[1], 't' .. i, ARGV[1 + i]) end
 return 1
-"""
+""")
+# KEYS: the hash. ARGV: config. Stores the config unless one is there; returns the stored one.
+_CLAIM = Script("""
+if redis.call('HSETNX', KEYS[1], 'cfg', ARGV[1]) == 1 then
+    redis.call('PEXPIRE', KEYS[1], GRACE)
+end
+return redis.call('HGET', KEYS[1], 'cfg')
+""".replace("GRACE", str(GRACE_MS)))
 
 
 def _intervals_us(pairs: Sequence[tuple[float, float]], burst: int) -> list[int]:
@@ -78,7 +96,7 @@ def _intervals_us(pairs: Sequence[tuple[float, float]], burst: int) -> list[int]
     return result
 
 
-class RedisRateLimiter(RateLimits, RedisConnection):
+class RedisRateLimiter(RateLimits):
     """A `RateLimiter` whose state lives in Redis: one rate for every process on any machine.
 
     Same interface as `RateLimiter`. Each acquisition runs one Lua script on the server's
@@ -130,10 +148,13 @@ class RedisRateLimiter(RateLimits, RedisConnection):
         self._burst = check_burst(burst)
         self._intervals = _intervals_us(self._pairs, self._burst)
         self._config = f"v1:{self._burst}:" + ",".join(map(str, self._intervals))
-        self._connect(client_or_url)
+        self._link = Link(client_or_url)
+        self._where = self._link.where
+        self._source: str | dict[str, Any] = (
+            client_or_url if isinstance(client_or_url, str)
+            else self._link.plain_settings(_CLIENT_PARAMETERS)
+        )
         self._key = "procthrottle:{" + self._name + "}:rate"
-        self._reserve_script = self._client.register_script(_RESERVE)
-        self._give_back_script = self._client.register_script(_GIVE_BACK)
         self._closed = False
 
     def _claim_config(self) -> None:
@@ -143,11 +164,9 @@ class RedisRateLimiter(RateLimits, RedisConnection):
         first acquisitions (each reservation checks again, on the server).
         """
         try:
-            if self._client.hsetnx(self._key, "cfg", self._config):
-                return
-            stored = self._client.hget(self._key, "cfg")
-        except redis.RedisError as exc:
-            self._unavailable(exc)
+            stored = self._link.run(None, _CLAIM, [self._key], [self._config])
+        except CallTimedOut:
+            raise self._link.timed_out("its rates") from None
         config = stored.decode() if isinstance(stored, bytes) else stored
         if config is not None and config != self._config:
             raise ValueError(self._mismatch(str(config)))
@@ -183,13 +202,18 @@ class RedisRateLimiter(RateLimits, RedisConnection):
         )
 
     def _reserve(self, n: int, max_wait: int | None) -> Reservation | None:
+        """Reserve a slot at most ``max_wait`` ns away (None: any), in that time (a call cut
+        short reserves nothing for this caller: at most a slot of the quota goes unused)."""
         if self._closed:
             self._raise_closed()
         wait_us = -1 if max_wait is None else max_wait // 1000
         try:
-            reply = self._reserve_script(keys=[self._key], args=self._args(n, wait_us))
-        except redis.RedisError as exc:
-            self._unavailable(exc)
+            reply = self._link.run(None if max_wait is None else max_wait / 1e9, _RESERVE,
+                                   [self._key], self._args(n, wait_us))
+        except CallTimedOut:
+            if max_wait is None:
+                raise self._link.timed_out("a reservation") from None
+            return None
         return self._answer(reply)
 
     def _give_back(self, reservation: Reservation) -> bool:
@@ -197,8 +221,8 @@ class RedisRateLimiter(RateLimits, RedisConnection):
             return False
         _, old, new = reservation
         try:
-            return bool(self._give_back_script(keys=[self._key], args=[len(old), *old, *new]))
-        except redis.RedisError:
+            return bool(self._link.run(None, _GIVE_BACK, [self._key], [len(old), *old, *new]))
+        except (CallTimedOut, redis.RedisError, ConnectionError):
             return False
 
     def _check_n(self, n: object) -> int:
@@ -234,16 +258,15 @@ class RedisRateLimiter(RateLimits, RedisConnection):
         if self._closed:
             return
         self._closed = True
-        if self._owns_client:
-            self._client.close()
+        self._link.close()
 
     def unlink(self) -> None:
         """Remove the limiter from Redis, then close."""
         if not self._closed:
             try:
-                self._client.delete(self._key)
-            except redis.RedisError as exc:
-                self._unavailable(exc)
+                self._link.call(None, "DEL", self._key)
+            except CallTimedOut:
+                raise self._link.timed_out("an unlink") from None
         self.close()
 
     def __repr__(self) -> str:
@@ -255,7 +278,7 @@ class RedisRateLimiter(RateLimits, RedisConnection):
     def __reduce__(self) -> tuple[Any, ...]:
         if self._closed:
             raise SemaphoreClosedError("cannot pickle a closed rate limiter")
-        return (_rebuild, (self._reachable_as(), self._name, self._pairs, self._burst))
+        return (_rebuild, (self._source, self._name, self._pairs, self._burst))
 
     def _raise_closed(self) -> NoReturn:
         raise SemaphoreClosedError(f"the Redis rate limiter {self._name!r} was closed")
@@ -264,30 +287,69 @@ class RedisRateLimiter(RateLimits, RedisConnection):
 def _rebuild(
     where: str | dict[str, Any], name: str, pairs: list[tuple[float, float]], burst: int
 ) -> RedisRateLimiter:
-    return RedisRateLimiter(client_from(where), name, *pairs[0], burst=burst, extra=pairs[1:])
+    client = where if isinstance(where, str) else redis.Redis(**where)
+    try:
+        return RedisRateLimiter(client, name, *pairs[0], burst=burst, extra=pairs[1:])
+    finally:
+        if not isinstance(client, str):
+            client.close()
+
+
+_order: anyio.lowlevel.RunVar[anyio.CapacityLimiter] = anyio.lowlevel.RunVar(
+    "procthrottle_redis_rate_thread"
+)
+
+
+def _in_order() -> anyio.CapacityLimiter:
+    """This event loop's one thread for reservations: they reach Redis in the order the
+    tasks asked (FIFO within a process); it goes away with the loop."""
+    try:
+        return _order.get()
+    except LookupError:
+        limiter = anyio.CapacityLimiter(1)
+        _order.set(limiter)
+        return limiter
+
+
+class _Box:
+    """A reservation made in a thread for a task that may have stopped waiting for it."""
+
+    __slots__ = ("abandoned", "lock", "result")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.abandoned = False
+        self.result: Reservation | None = None
 
 
 class AsyncRedisRateLimiter(AsyncRateLimiter):
-    """``await`` a `RedisRateLimiter` on asyncio (through `redis.asyncio`) or trio.
+    """``await`` a `RedisRateLimiter` on asyncio or trio.
 
-    On asyncio each acquisition is one script call on `redis.asyncio`, awaited on the loop
-    (non-blocking I/O, no thread); on trio, where `redis.asyncio` does not run, the call goes
-    to one private worker thread. Waiters of one process are served in order and a cancelled
-    waiter gives its reservation back when it can, as with `AsyncRateLimiter`. Making one
-    does not call Redis (it may be made on an event loop's thread): a name that exists with
-    other rates is refused by the first acquisition, with `ValueError`.
+    Each reservation is one script call made in a worker thread (a small limiter per event
+    loop, freed with the loop), so no Redis call runs on the event loop's thread and no
+    client is kept per loop. A call is bounded by the waiter's timeout, and cancelling the
+    waiter returns at once: a reservation the thread makes after that is given back by the
+    thread. Each waiting task holds its own reservation in the server's order, as a blocked
+    thread does, so processes get shares in proportion to their demand whatever they wait
+    with; a cancelled waiter gives its reservation back when it can. Making one does not
+    call Redis (it may be made on an event loop's thread): a name that exists with other
+    rates is refused by the first acquisition, with `ValueError`.
 
     Args:
-        client_or_url: A `redis.Redis` client or a `redis://` URL (an asyncio client is made
-            from its settings).
+        client_or_url: A `redis.Redis` client or a `redis://` URL.
         name: The limiter's name in Redis.
         rate: Acquisitions per `per` seconds, or a string such as `"10/s"`.
         per: The period of `rate` in seconds.
         burst: How many acquisitions may be admitted at once (>= 1).
         extra: More `(rate, per)` pairs enforced together with the first.
+
+    Raises:
+        TypeError: An argument of the wrong type.
+        ValueError: A bad rate, burst or name (a name that exists with other rates is
+            refused by the first acquisition).
     """
 
-    __slots__ = ("_aclients", "_thread_limiter")
+    __slots__ = ()
 
     _local = False
 
@@ -306,8 +368,6 @@ class AsyncRedisRateLimiter(AsyncRateLimiter):
         sync = RedisRateLimiter.__new__(RedisRateLimiter)
         sync._setup(client_or_url, name, rate, per, burst, extra)
         self._adopt(sync)  # type: ignore[arg-type]
-        self._aclients: dict[object, tuple[Any, Any, Any]] = {}  # a redis.asyncio client per loop
-        self._thread_limiter: anyio.CapacityLimiter | None = None
 
     @property
     def limiter(self) -> RedisRateLimiter:  # type: ignore[override]
@@ -318,61 +378,80 @@ class AsyncRedisRateLimiter(AsyncRateLimiter):
     def _redis(self) -> RedisRateLimiter:
         return self._limiter  # type: ignore[return-value]
 
-    def _admit_now(self, n: int) -> bool:
-        return False  # every call goes through the queue: one round trip either way
+    async def acquire(self, n: int = 1, *, timeout: float | None = None) -> bool:
+        """Wait until `n` units of the rate are allowed, without blocking the event loop.
 
-    def _scripts(self) -> tuple[Any, Any]:
-        """This event loop's redis.asyncio scripts (reserve, give back)."""
-        import asyncio
+        Each waiting task holds its own reservation in the server's order, as a blocked
+        thread does: so processes with equal demand get equal shares, whatever mix of
+        threads, asyncio and trio tasks they wait with. A task cancelled or timed out gives
+        its reservation back when it is still the latest one (else that slot goes unused:
+        the bound holds either way).
 
-        loop = asyncio.get_running_loop()
-        scripts = self._aclients.get(loop)
-        if scripts is None:
-            client = redis.asyncio.Redis(**client_settings(self._redis._client))
-            scripts = (client, client.register_script(_RESERVE), client.register_script(_GIVE_BACK))
-            self._aclients[loop] = scripts
-        return scripts[1], scripts[2]
+        Args:
+            n: The weight of this acquisition, 1 to `burst`.
+            timeout: The longest wait in seconds (None: no limit; 0 or less: do not wait).
 
-    def _thread(self) -> anyio.CapacityLimiter:
-        if self._thread_limiter is None:
-            self._thread_limiter = anyio.CapacityLimiter(1)
-        return self._thread_limiter
+        Returns:
+            True once admitted; False, reserving nothing, when the wait would be longer than
+            `timeout` (or Redis did not answer within it).
 
-    async def _reserve(self, n: int, max_wait: int | None) -> Reservation | None:
+        Raises:
+            RedisUnavailableError: Redis cannot be reached.
+            SemaphoreClosedError: The limiter was closed or unlinked.
+        """
+        limiter = self._redis
+        n = limiter._check_n(n)
+        max_wait = max_wait_ns(True, timeout)
+        await anyio.lowlevel.checkpoint_if_cancelled()
+        reservation = None
+        # the call's own time is bounded by max_wait; so is the wait for this loop's thread
+        with anyio.move_on_after(float("inf") if max_wait is None else max_wait / 1e9 + 0.1):
+            reservation = await self._reserve_in_thread(n, max_wait)
+        if reservation is None:
+            return False
+        try:
+            while (delay := reservation[0] - time.monotonic_ns()) > 0:
+                await anyio.sleep(delay / 1e9)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self._give_back(reservation)
+            raise
+        return True
+
+    async def _reserve_in_thread(self, n: int, max_wait: int | None) -> Reservation | None:
         limiter = self._redis
         if limiter._closed:
             limiter._raise_closed()
-        # Shielded: a reservation made on the server always reaches the waiter, which gives
-        # it back if it was cancelled meanwhile (at its next checkpoint).
-        with anyio.CancelScope(shield=True):
-            if sniffio.current_async_library() != "asyncio":
-                return await anyio.to_thread.run_sync(
-                    limiter._reserve, n, max_wait, limiter=self._thread()
-                )
-            wait_us = -1 if max_wait is None else max_wait // 1000
-            try:
-                script = self._scripts()[0]
-                reply = await script(keys=[limiter._key], args=limiter._args(n, wait_us))
-            except redis.RedisError as exc:
-                limiter._unavailable(exc)
-        return limiter._answer(reply)
+        box = _Box()
+
+        def reserve() -> Reservation | None:
+            reservation = limiter._reserve(n, max_wait)
+            with box.lock:
+                if not box.abandoned:
+                    box.result = reservation
+                    return reservation
+            if reservation is not None:  # nobody waits for it any more
+                limiter._give_back(reservation)
+            return None
+
+        try:
+            return await anyio.to_thread.run_sync(reserve, abandon_on_cancel=True,
+                                                  limiter=_in_order())
+        except BaseException:
+            with box.lock:
+                box.abandoned = True
+                made, box.result = box.result, None
+            if made is not None:  # made, but the task was cancelled as it came back
+                threading.Thread(target=limiter._give_back, args=(made,), daemon=True).start()
+            raise
 
     async def _give_back(self, reservation: Reservation) -> bool:
         limiter = self._redis
-        if sniffio.current_async_library() != "asyncio":
-            return await anyio.to_thread.run_sync(
-                limiter._give_back, reservation, limiter=self._thread()
-            )
-        _, old, new = reservation
-        try:
-            result = await self._scripts()[1](keys=[limiter._key], args=[len(old), *old, *new])
-        except redis.RedisError:
-            return False
-        return bool(result)
+        with anyio.move_on_after(1.0):  # best effort: the quota is only lost, never exceeded
+            return await anyio.to_thread.run_sync(limiter._give_back, reservation,
+                                                  abandon_on_cancel=True, limiter=_limiter())
+        return False
 
     async def aclose(self) -> None:
-        """Close this adapter's asyncio clients and the wrapped limiter."""
-        clients, self._aclients = self._aclients, {}
-        for client, _, _ in clients.values():
-            await client.aclose()
+        """Close the wrapped limiter (this adapter keeps no connection of its own)."""
         self._redis.close()

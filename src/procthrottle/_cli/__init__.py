@@ -16,9 +16,9 @@ import sys
 import time
 import traceback
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from .._exceptions import SemaphoreClosedError
-from .._kernel._inventory import NamedInfo, RateInfo
 from .._kernel._validate import MAX_NAME_LENGTH
 from . import _names
 from ._errors import (
@@ -31,6 +31,9 @@ from ._errors import (
 )
 from ._parser import build_parser
 from ._process import check_command, run_command
+
+if TYPE_CHECKING:  # `status` and `list` import the inventory when they run
+    from .._kernel._inventory import NamedInfo, RateInfo
 
 __all__ = ["build_parser", "main"]
 

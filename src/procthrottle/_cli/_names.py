@@ -7,13 +7,15 @@ layer has one place to be met here.
 from __future__ import annotations
 
 import sys
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from .._exceptions import ProcThrottleError
-from .._kernel._inventory import NamedInfo, RateInfo
 from .._kernel._semaphore import ProcessSemaphore
 from .._kernel._validate import MAX_LIMIT
 from ._errors import EXIT_FAILED, EXIT_USAGE, CliError
+
+if TYPE_CHECKING:  # imported by the functions that need it: `run` does not
+    from .._kernel._inventory import NamedInfo, RateInfo
 
 
 class Limiter(Protocol):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 import math
-from importlib import metadata
-from typing import NoReturn
+from collections.abc import Sequence
+from typing import Any, NoReturn
 
 from .._kernel._validate import MAX_LIMIT, check_name
 
@@ -42,6 +42,8 @@ interrupted while waiting. status and unlink exit 1 when there is no such name.
 
 def version() -> str:
     """The installed distribution's version, from its metadata."""
+    from importlib import metadata  # only for --version: it costs a third of a `run`
+
     try:
         return metadata.version("procthrottle")
     except metadata.PackageNotFoundError:  # pragma: no cover - running from a bare checkout
@@ -104,6 +106,19 @@ def _rate(value: str) -> str:
     return value
 
 
+class _Version(argparse.Action):
+    """``--version``, reading the version only when asked (argparse's needs it up front)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS,
+                 help: str = "show the version and exit") -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        print(f"procthrottle {version()}")
+        parser.exit()
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         """Bad input: one line on stderr, exit code 2."""
@@ -119,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=formatter,
     )
-    parser.add_argument("--version", action="version", version=f"procthrottle {version()}")
+    parser.add_argument("--version", action=_Version)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
                                      parser_class=_Parser)
     run = commands.add_parser("run", help="run CMD while holding one permit of NAME",

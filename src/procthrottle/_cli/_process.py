@@ -12,6 +12,7 @@ and ``fg`` resumes both.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import shutil
 import signal
@@ -26,7 +27,20 @@ FORWARDED = tuple(
     if hasattr(signal, name)
 )
 
-_PRCTL = getattr(_libc.libc, "prctl", None)  # Linux only
+
+def _prctl() -> ctypes._NamedFuncPointer | None:
+    """libc's ``prctl`` (Linux only), a function object of our own, typed here."""
+    try:
+        prctl = _libc.libc["prctl"]
+    except AttributeError:  # pragma: no cover - not Linux
+        return None
+    # prctl is variadic: argtypes name its fixed argument only; the rest go as ctypes values.
+    prctl.argtypes = (ctypes.c_int,)
+    prctl.restype = ctypes.c_int
+    return prctl
+
+
+_PRCTL = _prctl()
 _PR_SET_PDEATHSIG = 1
 
 
@@ -146,6 +160,6 @@ def _in_child(tty: int | None, parent: int) -> None:  # pragma: no cover - child
     if tty is not None:
         _give_terminal(tty, os.getpid())
     if _PRCTL is not None:  # Linux: SIGTERM when procthrottle dies (its permit is back already)
-        _PRCTL(_PR_SET_PDEATHSIG, int(signal.SIGTERM))
+        _PRCTL(_PR_SET_PDEATHSIG, ctypes.c_ulong(signal.SIGTERM))
         if os.getppid() != parent:  # procthrottle died before prctl: do not run unthrottled
             os._exit(128 + signal.SIGTERM)

@@ -149,12 +149,13 @@ def rate_info(name: str) -> RateInfo | None:
     if found is None:
         return None
     _, semid, header = found
-    rates = tuple(1e9 / interval for interval in header.intervals)
+    pairs = header.pairs()
+    rates = tuple(rate / per for rate, per in pairs)
     try:
         attached = _libc.getval(semid, _store.ATTACH)
     except OSError:
         return None  # removed meanwhile
-    text = _parse.describe([(rate, 1.0) for rate in rates]) if rates else "half-made"
+    text = _parse.describe(pairs) if pairs else "half-made"
     return RateInfo(name, rates, header.burst, attached, text)
 
 

@@ -44,8 +44,14 @@ libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)  # releases th
 _semget = libc.semget
 _semget.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int)
 _semget.restype = ctypes.c_int
-_semctl = libc.semctl  # variadic: argtypes stay unset
+# semctl is variadic: one prototype per shape of call (libc["..."] makes a new function
+# object each time), so that the fixed arguments are declared and the optional fourth is too.
+_semctl = libc["semctl"]  # GETVAL, GETPID, GETNCNT, IPC_RMID: no fourth argument
+_semctl.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int)
 _semctl.restype = ctypes.c_int
+_semctl_array = libc["semctl"]  # SETALL: the fourth argument points to the values
+_semctl_array.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_void_p)
+_semctl_array.restype = ctypes.c_int
 _semop = libc.semop
 _semop.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t)
 _semop.restype = ctypes.c_int
@@ -63,6 +69,35 @@ def _oserror() -> OSError:
     return OSError(code, os.strerror(code))
 
 
+def _semget_error() -> OSError:
+    """The error of a failed ``semget``; running out of System V semaphores says so."""
+    code = ctypes.get_errno()
+    if code != errno.ENOSPC:
+        return OSError(code, os.strerror(code))
+    return OSError(code, out_of_semaphores())
+
+
+def out_of_semaphores() -> str:
+    """What ran out (``kernel.sem``'s SEMMNI sets or SEMMNS semaphores), and the ways out."""
+    limits = ""
+    try:
+        semmsl, semmns, _, semmni = Path("/proc/sys/kernel/sem").read_text().split()[:4]
+        in_use = listing()
+        limits = (
+            f" (kernel.sem allows {semmni} sets and {semmns} semaphores in all; "
+            f"{len(in_use)} sets with {sum(i.nsems for i in in_use)} semaphores exist now)"
+        )
+    except (OSError, ValueError):  # pragma: no cover - not Linux
+        semmsl = "250"
+    return (
+        f"no System V semaphores left on this host{limits}. Remove the ones no longer used "
+        "(`procthrottle list` shows your names, `procthrottle unlink NAME` removes one; "
+        "`ipcs -s` lists every set, `ipcrm -s ID` removes one), or raise the host's limit, "
+        f'e.g. `sysctl -w kernel.sem="{semmsl} 1024000 500 32000"` (SEMMSL SEMMNS SEMOPM '
+        "SEMMNI; root, in /etc/sysctl.conf to keep it)"
+    )
+
+
 def ops(*triples: tuple[int, int, int]) -> ctypes.Array[SemBuf]:
     """Build a reusable array of ``(sem_num, sem_op, sem_flg)`` operations."""
     return (SemBuf * len(triples))(*(SemBuf(*t) for t in triples))
@@ -74,10 +109,10 @@ def create(key: int, values: list[int], mode: int = 0o600) -> int | None:
     if semid < 0:
         if ctypes.get_errno() == errno.EEXIST:
             return None
-        raise _oserror()
+        raise _semget_error()
     semid = int(semid)
     array = (ctypes.c_ushort * len(values))(*values)
-    if _semctl(semid, 0, SETALL, array) < 0:  # pragma: no cover - only fails if removed at once
+    if _semctl_array(semid, 0, SETALL, array) < 0:  # pragma: no cover - removed at once
         err = _oserror()
         remove(semid)
         raise err
@@ -94,7 +129,7 @@ def create_empty(key: int, nsems: int, mode: int) -> int | None:
     if semid < 0:
         if ctypes.get_errno() == errno.EEXIST:
             return None
-        raise _oserror()
+        raise _semget_error()
     return int(semid)
 
 

@@ -1,8 +1,19 @@
-"""The parent side of ThrottledProcessPool: worker processes, dispatch, results and crashes.
+"""The parent side of ThrottledProcessPool: the manager thread and the pool's front door.
 
 One manager thread per pool waits (``selectors``) on every worker's result pipe, every worker's
 process sentinel and a wake-up pipe, writes queued tasks to the workers' task pipes without
-ever blocking, and resolves futures. See docs/design.md, "Process pools".
+ever blocking, and resolves futures. Three objects do the work, each the one owner of its
+state (see docs/design.md, "Process pools"):
+
+- `Workers` (_lifecycle.py): the worker processes, their start, exit, replacement and stop;
+- `Traffic` (_traffic.py): the queue and each worker's books of sequence numbers -- every seq
+  sent is claimed or reclaimed there;
+- `Outcomes` (_outcomes.py): how each task ended, and setting its future -- every future the
+  manager touched is resolved there.
+
+`Engine` holds what they share (the lock, the selector, the wake-up pipe, closing/broken) and
+runs the manager's loop; `submit`, `cancel_task`, `shutdown` and `stats` are its calls from
+the pool's users.
 """
 
 from __future__ import annotations
@@ -11,32 +22,20 @@ import contextlib
 import os
 import selectors
 import threading
-from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 from .._kernel._semaphore import ProcessSemaphore
-from ._futures import TaskFuture
-from ._lifecycle import Lifecycle, interpreter_exiting, register
-from ._records import (
-    CANCELLED,
-    QUEUED,
-    SENT,
-    Planned,
-    Resolution,
-    Task,
-    Worker,
-    earliest,
-    logger,
-    resolve,
-)
+from . import _wire
+from ._futures import MANAGER_THREAD, TaskFuture, cancel_and_notify
+from ._lifecycle import Workers, interpreter_exiting, register, unregister
+from ._outcomes import Outcomes
+from ._records import CANCELLED, SENT, Planned, Task, Worker, earliest, logger
 from ._traffic import Traffic
-from ._worker import PEAK
 
 
-class Engine(Traffic, Lifecycle):
+class Engine:
     """The parent side of one pool: see the module docstring."""
 
     def __init__(
@@ -60,29 +59,10 @@ class Engine(Traffic, Lifecycle):
         self.initializer, self.initargs = initializer, initargs
         self.max_tasks = max_tasks
         self.rate = rate
-        self.peak = 0  # the most holders seen by workers that left (the others: their PEAK)
         self.lock = threading.RLock()
-        self.queue: deque[Task] = deque()
-        self.workers: list[Worker] = []
-        self.counts = dict.fromkeys(
-            (
-                "submitted",
-                "completed",
-                "failed",
-                "cancelled",
-                "crashed",
-                "timed_out",
-                "requeued",
-                "workers_started",
-            ),
-            0,
-        )
-        self.average: float | None = None  # seconds per task, running average
-        self.payload_size = 0  # bytes per pickled task, running average
         self.closing = False  # no new tasks: finish the queue, then stop
         self.broken: BrokenProcessPool | None = None
-        self.start_failures = 0
-        self.sleeping = False
+        self.sleeping = False  # the manager waits with no timeout: submit() must wake it
         self.finished = threading.Event()
         self.selector = selectors.DefaultSelector()
         # Guards wake_w: once _close() closed it, its number may be any new descriptor of this
@@ -92,17 +72,21 @@ class Engine(Traffic, Lifecycle):
         os.set_blocking(self.wake_r, False)
         os.set_blocking(self.wake_w, False)
         self.selector.register(self.wake_r, selectors.EVENT_READ, None)
-        self.thread = threading.Thread(target=self._run, name="procthrottle-pool", daemon=True)
+        self.outcomes = Outcomes(self.lock)
+        self.traffic = Traffic(self)
+        self.workers = Workers(self)
+        self.thread = threading.Thread(target=self._run, name=MANAGER_THREAD, daemon=True)
         try:
             for _ in range(workers):
-                self._start_worker()
+                self.workers.start()
         except BaseException:
-            self._stop_workers(kill=True)
+            self.workers.stop(kill=True)
             self._close()
             raise
         register(self)
         self.thread.start()
 
+    # -- the users' calls -------------------------------------------------------------------
     def submit(
         self,
         fn: Callable[..., Any],
@@ -120,8 +104,8 @@ class Engine(Traffic, Lifecycle):
                 raise RuntimeError("cannot schedule new futures after interpreter shutdown")
             if self.closing:
                 raise RuntimeError("cannot schedule new futures after shutdown")
-            self.queue.append(task)
-            self.counts["submitted"] += 1
+            self.traffic.enqueue(task)
+            self.outcomes.count("submitted")
             wake, self.sleeping = self.sleeping, False
         if wake:
             self._wake()
@@ -130,17 +114,17 @@ class Engine(Traffic, Lifecycle):
     def cancel_task(self, future: TaskFuture[Any]) -> bool:
         task: Task = future._task
         with self.lock:
-            if task.state == QUEUED:
-                ok = True
-            elif task.state == SENT and task.worker is not None:
-                ok = bool(self._revoke(task.worker, [task]))
-            else:
-                return task.state == CANCELLED and Future.cancel(future)
-            if ok:
-                task.state = CANCELLED
-                task.fn = task.args = task.kwargs = None  # type: ignore[assignment]
-                self.counts["cancelled"] += 1
-        return ok and Future.cancel(future)
+            if task.state == CANCELLED:  # a cancel raced ours: the future says the rest
+                return cancel_and_notify(future)
+            sent = task.state == SENT
+            if not self.traffic.cancel(task):
+                return False
+            self.outcomes.cancel(task)
+            if sent:
+                # The manager may sleep counting on this task's result to wake it (see
+                # _step): that result will never come, so the next submit() must wake it.
+                self.sleeping = True
+        return cancel_and_notify(future)
 
     def task_started(self, future: TaskFuture[Any]) -> bool:
         task: Task = future._task
@@ -152,18 +136,11 @@ class Engine(Traffic, Lifecycle):
         with self.lock:
             self.closing = True
             if cancel_futures:
-                while self.queue:
-                    task = self.queue.popleft()
-                    if task.state == QUEUED:
-                        cancelled.append(task)
-                for worker in self.workers:
-                    cancelled.extend(self._revoke(worker, list(worker.inflight.values())))
+                cancelled = self.traffic.cancel_all()
                 for task in cancelled:
-                    task.state = CANCELLED
-                    task.fn = task.args = task.kwargs = None  # type: ignore[assignment]
-                self.counts["cancelled"] += len(cancelled)
+                    self.outcomes.cancel(task)
         for task in cancelled:
-            Future.cancel(task.future)
+            cancel_and_notify(task.future)
         self._wake()
         if wait and threading.current_thread() is not self.thread:
             while not self.finished.wait(0.1):  # in slices, so Ctrl-C can interrupt the wait
@@ -171,8 +148,8 @@ class Engine(Traffic, Lifecycle):
 
     def stats(self) -> dict[str, int]:
         with self.lock:
-            counts = dict(self.counts)
-            counts["queued"] = sum(task.state == QUEUED for task in self.queue)
+            counts = dict(self.outcomes.counts)
+            counts["queued"] = self.traffic.queued()
             counts["running"] = sum(w.claimed() in w.inflight for w in self.workers)
             counts["sent"] = sum(len(w.inflight) for w in self.workers)
             counts["workers"] = len(self.workers)
@@ -181,9 +158,7 @@ class Engine(Traffic, Lifecycle):
         except Exception:  # closed after shutdown
             counts["in_section"] = 0
         with self.lock:
-            counts["max_in_section"] = max(
-                [self.peak, *(int(w.shared[PEAK]) for w in self.workers)]
-            )
+            counts["max_in_section"] = self.workers.max_in_section()
         return counts
 
     def request_stop(self) -> None:
@@ -194,6 +169,14 @@ class Engine(Traffic, Lifecycle):
             self.closing = True
         self._wake()
 
+    def break_pool(self, broken: BrokenProcessPool) -> None:
+        """Fail every queued and sent task; refuse new ones."""
+        with self.lock:
+            if self.broken is None:
+                self.broken = broken
+            self.outcomes.fail_all(self.traffic.take_all(), broken)
+
+    # -- the manager thread ------------------------------------------------------------------
     def _wake(self) -> None:
         """Wake the manager thread -- never once it closed the wake-up pipe (see ``_close``)."""
         with self.wake_lock:
@@ -210,41 +193,43 @@ class Engine(Traffic, Lifecycle):
             logger.exception("procthrottle pool manager failed; failing the pool's tasks")
             broken = BrokenProcessPool(f"the pool's manager thread failed: {exc!r}")
             broken.__cause__ = exc
-            self._break(broken)
+            with contextlib.suppress(BaseException):
+                self.outcomes.deliver()  # results already read are results: deliver them
+            self.break_pool(broken)
         finally:
-            self._stop_workers(kill=self.broken is not None)
-            self._close()
-            self.finished.set()
+            try:
+                self.outcomes.deliver()
+            finally:
+                self.workers.stop(kill=self.broken is not None)
+                self._close()
+                self.finished.set()
 
     def _step(self) -> bool:
         """One turn: plan what to send (locked), pickle and write it (unlocked: submit() and
         cancel() are never held up by pickling or system calls), wait, read, handle."""
-        resolutions: list[Resolution] = []
+        traffic, outcomes = self.traffic, self.outcomes
         with self.lock:
             if self.broken is not None:
                 return False
             plan: list[Planned] = []
-            self._plan(plan)
-            retry = self._balance(plan)
-        self._send(plan, resolutions)
+            traffic.plan(plan)
+            retry = traffic.balance(plan)
+        traffic.send(plan)
         with self.lock:
-            finish = self.closing and not self.queue and not any(w.inflight for w in self.workers)
+            finish = self.closing and traffic.idle()
             timeout: float | None = 0.0
-            if not finish and not self._can_plan():
-                timeout = earliest(retry, self._check_timeouts())
+            if not finish and not traffic.can_plan():
+                timeout = earliest(retry, traffic.check_timeouts())
                 # From here on, submit() wakes us -- unless every worker has plenty queued:
                 # then its next result wakes us soon enough, and submit() saves a wake-up.
-                depth = self._depth()
-                self.sleeping = any(
-                    len(w.inflight) * 2 < depth for w in self.workers if w.ready and not w.dead
-                ) or not any(w.ready for w in self.workers)
+                self.sleeping = not traffic.result_due()
         for worker in list(self.workers):
-            self._flush(worker)
-        resolve(resolutions, self)
+            traffic.flush(worker)
+        outcomes.deliver()
         if finish:
             return False
         events = self.selector.select(timeout)
-        reads: list[tuple[Worker, list[bytes]]] = []
+        reads: list[tuple[Worker, list[_wire.Frame]]] = []
         exited: list[Worker] = []
         for key, _ in events:
             worker = key.data
@@ -252,16 +237,33 @@ class Engine(Traffic, Lifecycle):
                 with contextlib.suppress(BlockingIOError):
                     os.read(self.wake_r, 4096)
             elif key.fd == worker.task_fd:
-                self._flush(worker)
+                traffic.flush(worker)
             elif key.fd == worker.result_fd:
-                reads.append((worker, self._read(worker)))
+                reads.append((worker, traffic.read(worker)))
             elif not worker.dead:
                 exited.append(worker)
         with self.lock:
             self.sleeping = False
             for worker, frames in reads:
-                self._handle(worker, frames, resolutions)
+                traffic.on_results(worker, frames)
+            del reads
             for worker in exited:
-                self._on_exit(worker, resolutions)
-        resolve(resolutions, self)
+                self.workers.on_exit(worker)
+        outcomes.deliver()
         return True
+
+    def _close(self) -> None:
+        unregister(self)
+        with contextlib.suppress(OSError):
+            self.selector.close()
+        # A late _wake() (shutdown() again, the pool's finalizer) must not write its byte into
+        # whatever descriptor reuses the number next -- e.g. another pool's task pipe, where one
+        # stray zero byte turns the next frame's length into 0 and the stream is out of step.
+        with self.wake_lock:
+            for fd in (self.wake_r, self.wake_w):
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            self.wake_r = self.wake_w = -1
+        if self.owns_semaphore:
+            with contextlib.suppress(Exception):
+                self.semaphore.close()

@@ -106,7 +106,11 @@ class ThrottledExecutor(Executor):
             **kwargs: Its keyword arguments.
 
         Returns:
-            The wrapped executor's future.
+            The wrapped executor's future: it fails with what ``fn`` raised (the permit is
+            released all the same).
+
+        Raises:
+            RuntimeError: the wrapped executor was shut down (as its ``submit`` raises).
         """
         return self._executor.submit(_throttled_call, self._semaphore, self._rate, fn, args, kwargs)
 

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import logging
+import threading
 from concurrent.futures import Future
+from concurrent.futures._base import CANCELLED
 from typing import Any, Protocol, TypeVar
 
 from .._async._wakeup import new_waiter
 
 T = TypeVar("T")
+
+logger = logging.getLogger("procthrottle")
+
+
+#: The name of every pool's manager thread (the thread that resolves futures with results).
+MANAGER_THREAD = "procthrottle-pool"
 
 
 class _Canceller(Protocol):
@@ -32,14 +41,51 @@ class TaskFuture(Future[T]):
             return False
         owner = self._owner
         if owner is None:
-            return super().cancel()
+            return cancel_and_notify(self)
         return owner.cancel_task(self)
+
+    def _invoke_callbacks(self) -> None:
+        """Run every done-callback, as ``Future`` does, but contain any ``BaseException``.
+
+        ``Future`` logs an ``Exception`` from a callback and goes on, but a ``SystemExit`` (or
+        any other ``BaseException``) escapes and skips the later callbacks. On the pool's
+        manager thread that would strand every future it holds, so there it is logged like an
+        ``Exception``. In the caller's own thread (``cancel()``), every callback still runs,
+        and the first such error is raised afterwards, as the caller would expect."""
+        raised: BaseException | None = None
+        manager = threading.current_thread().name == MANAGER_THREAD
+        for callback in self._done_callbacks:  # type: ignore[attr-defined]
+            try:
+                callback(self)
+            except BaseException as exc:
+                if isinstance(exc, Exception) or manager:
+                    logger.exception("exception calling callback for %r", self)
+                elif raised is None:
+                    raised = exc
+        if raised is not None:
+            try:
+                raise raised
+            finally:
+                raised = None
 
     def running(self) -> bool:
         owner = self._owner
         if super().running():
             return True
         return owner is not None and not self.done() and owner.task_started(self)
+
+
+def cancel_and_notify(future: Future[Any]) -> bool:
+    """``Future.cancel()``, then tell the waiters of ``concurrent.futures.wait()`` and
+    ``as_completed()``, as ``set_running_or_notify_cancel()`` does: ``cancel()`` alone only
+    wakes ``result()`` and runs the callbacks, so a cancelled future would never be "done" for
+    them. Safe against a second, racing cancel (the future's condition is reentrant)."""
+    if not Future.cancel(future):
+        return False
+    with future._condition:
+        if future._state == CANCELLED:  # not yet notified
+            future.set_running_or_notify_cancel()
+    return True
 
 
 async def wait_future(future: Future[T]) -> T:

@@ -356,6 +356,16 @@ class ThrottledProcessPool(Executor):
         Returns:
             An iterator of results. Leaving it early (an exception, a timeout, ``close()``,
             or dropping it) cancels every task that has not started.
+
+        Raises:
+            TypeError: ``chunksize`` or ``buffersize`` is not an int.
+            ValueError: ``chunksize`` or ``buffersize`` is below 1.
+            RuntimeError: after ``shutdown()``.
+            BrokenProcessPool: the pool is broken (its initializer failed).
+            TimeoutError: while iterating, once ``timeout`` has passed, or in place of the
+                result of a task that ran past its task timeout.
+            WorkerCrashedError: while iterating, in place of the result of a task whose
+                worker died (as is the exception a task raised, in place of its result).
         """
         chunksize = check_positive("chunksize", chunksize)
         _optional_positive("buffersize", buffersize)
@@ -438,6 +448,13 @@ class ThrottledProcessPool(Executor):
 
         Returns:
             What ``fn`` returned.
+
+        Raises:
+            RuntimeError: after ``shutdown()``.
+            BrokenProcessPool: the pool is broken (its initializer failed).
+            WorkerCrashedError: the task's worker died while running it.
+            TimeoutError: the task ran past its task timeout.
+            Exception: whatever ``fn`` raised, with the worker's traceback as ``__cause__``.
         """
         return await wait_future(self.submit(fn, *args, **kwargs))
 
@@ -462,6 +479,15 @@ class ThrottledProcessPool(Executor):
 
         Yields:
             The results. Closing or cancelling the generator cancels the pending tasks.
+
+        Raises:
+            TypeError: ``chunksize`` or ``buffersize`` is not an int.
+            ValueError: ``chunksize`` or ``buffersize`` is below 1.
+            RuntimeError: after ``shutdown()``.
+            BrokenProcessPool: the pool is broken (its initializer failed).
+            WorkerCrashedError: an item's worker died while running it (raised in place of
+                that item's result, as are the item's ``TimeoutError`` and its own
+                exception).
         """
         buffersize = (
             _optional_positive("buffersize", buffersize) or 2 * self._max_workers * chunksize

@@ -1,21 +1,15 @@
-"""Shared pieces of the pool's parent side: task and worker records, constants, typed state,
-and resolving futures outside the lock."""
+"""Records the pool's parent-side objects pass between them: a task, a worker; and constants."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import pickle
-import selectors
 import signal
-import threading
 from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, InvalidStateError
-from concurrent.futures.process import BrokenProcessPool
+from concurrent.futures import Future
 from typing import Any
 
-from .._kernel._semaphore import ProcessSemaphore
 from . import _wire
 from ._futures import TaskFuture
 from ._worker import CLAIMED, EXIT_BAD_FRAME
@@ -67,6 +61,12 @@ class Task:
         self.nbytes = 0
         self.worker: Worker | None = None
 
+    def end(self, state: int) -> None:
+        """The task is over (DONE or CANCELLED): drop its call, which may be large."""
+        self.state = state
+        self.worker = None
+        self.fn = self.args = self.kwargs = None  # type: ignore[assignment]
+
 
 class Worker:
     """The parent's record of one worker process and the tasks it holds."""
@@ -80,8 +80,10 @@ class Worker:
         self.inflight: dict[int, Task] = {}  # seq -> task, in the order sent
         self.out: deque[bytes | bytearray | memoryview] = deque()  # parts not yet written
         self.out_bytes = 0
+        self.held = 0  # whole size of the large pickles in `out` (memory, until fully written)
         self.writing = False  # task_fd is registered for EVENT_WRITE
         self.next_seq = 1
+        self.skipped = 0  # the worker said it read past every seq up to this one (SKIPPED)
         self.assigned = 0  # tasks sent and not revoked: max_tasks_per_child counts these
         self.bytes_ahead = 0
         self.ready = False
@@ -91,6 +93,11 @@ class Worker:
 
     def claimed(self) -> int:
         return int(self.shared[CLAIMED])
+
+    def consumed(self) -> int:
+        """The seq up to which the worker read its tasks (claimed, or skipped as revoked): the
+        seqs after it are the ones whose revoked-ring slots it may still look at."""
+        return max(int(self.shared[CLAIMED]), self.skipped)
 
     @contextlib.contextmanager
     def claims_stopped(self) -> Iterator[None]:
@@ -129,83 +136,6 @@ def describe_exit(code: int | None) -> str:
 PICKLED_RESULT, PICKLED_ERROR = 2, 3
 Resolution = tuple["Future[Any]", int, Any]
 Planned = tuple[Worker, Task, int, tuple[Any, Any, Any]]  # (worker, task, seq, (fn, args, kwargs))
-
-
-
-
-_PAYLOAD = _wire.RESULT.size
-
-
-class EngineState:
-    """The state the parts of the engine share (set in ``Engine.__init__``)."""
-
-    size: int
-    semaphore: ProcessSemaphore
-    owns_semaphore: bool
-    section_mode: bool
-    context: Any
-    initializer: Callable[..., object] | None
-    initargs: tuple[Any, ...]
-    max_tasks: int | None
-    rate: Any
-    peak: int
-    lock: threading.RLock
-    queue: deque[Task]
-    workers: list[Worker]
-    counts: dict[str, int]
-    average: float | None
-    payload_size: int
-    closing: bool
-    broken: BrokenProcessPool | None
-    start_failures: int
-    sleeping: bool
-    finished: threading.Event
-    selector: selectors.BaseSelector
-    wake_lock: threading.Lock
-    wake_r: int
-    wake_w: int
-    thread: threading.Thread
-    pid: int
-
-    def _handle(self, worker: Worker, frames: list[bytes], resolutions: list[Resolution]) -> None:
-        raise NotImplementedError
-
-    def _start_worker(self) -> Worker:
-        raise NotImplementedError
-
-    def request_stop(self) -> None:
-        raise NotImplementedError
-
-
-def resolve(resolutions: list[Resolution], engine: EngineState) -> None:
-    """Set each future's outcome (outside the pool's lock: callbacks may submit)."""
-    for future, how, value in resolutions:
-        ok = how == PICKLED_RESULT or how is True
-        if how >= PICKLED_RESULT:  # a result frame, still pickled
-            data = memoryview(value)[_PAYLOAD:]
-            try:
-                value = pickle.loads(data) if ok else _wire.decode_error(bytes(data))
-            except BaseException as exc:
-                _wire.add_note(
-                    exc,
-                    "procthrottle: the task's "
-                    + ("result" if ok else "exception")
-                    + " cannot be unpickled in the parent process",
-                )
-                if ok:
-                    with engine.lock:
-                        engine.counts["completed"] -= 1
-                        engine.counts["failed"] += 1
-                ok, value = False, exc
-            del data
-        try:
-            if ok:
-                future.set_result(value)
-            else:
-                future.set_exception(value)
-        except InvalidStateError:  # cancelled meanwhile (only a revoked task can be)
-            pass
-    resolutions.clear()
 
 
 def earliest(a: float | None, b: float | None) -> float | None:

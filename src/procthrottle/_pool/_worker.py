@@ -21,6 +21,7 @@ from contextlib import contextmanager, suppress
 from functools import partial
 from typing import Any
 
+from .._exceptions import SemaphoreClosedError
 from .._kernel._semaphore import ProcessSemaphore
 from . import _wire
 
@@ -177,14 +178,19 @@ def _serve(boot: WorkerBoot) -> None:
     task_mode = not boot.section_mode
     keep = boot.rate is None  # keep the permit across queued tasks (not while waiting for rate)
     left = boot.max_tasks
-    queue: deque[bytes] = deque()
+    queue: deque[_wire.Frame] = deque()
     holding = False  # task mode: the permit is kept from one task to the next while more wait
+    # The last seq skipped (revoked) and the last one the parent heard of as skipped: revoked
+    # seqs hold slots of the parent's ring span until it learns they are past (see SKIPPED).
+    skipped = told = 0
     try:
         while left is None or left > 0:
             if not queue:
                 if holding:
-                    state.semaphore.release()
-                    holding = False
+                    holding = _release(state)
+                if skipped > told and skipped > shared[CLAIMED]:  # tell before going idle
+                    _wire.write_all(out, _wire.result_frame(skipped, _wire.SKIPPED, 0.0, b""))
+                    told = skipped
                 try:
                     queue.extend(reader.read())
                 except EOFError:
@@ -195,19 +201,39 @@ def _serve(boot: WorkerBoot) -> None:
             if seq == _wire.STOP:
                 return
             if shared[RING + seq % RING_SIZE] == seq:  # revoked already: skip the gates
+                skipped = seq
                 continue
+            gate_error: BaseException | None = None
             if task_mode:
-                if not state.gate(partial(_seq_revoked, shared, seq)):
-                    continue  # cancelled while it waited for its turn under `rate=`
-                if not holding:
-                    state.take()
-                    holding = True
+                try:
+                    if not state.gate(partial(_seq_revoked, shared, seq)):
+                        skipped = seq
+                        continue  # cancelled while it waited for its turn under `rate=`
+                    if not holding:
+                        state.take()
+                        holding = True
+                except Exception as exc:  # the semaphore (or rate) stopped working: unlinked,
+                    # closed by an exit hook, a backend down. Not a crash to retry elsewhere:
+                    # this task fails with the cause (below), and the worker lives on.
+                    gate_error = exc
             with lock:  # claim it, unless the parent revoked it first
                 revoked = shared[RING + seq % RING_SIZE] == seq
                 if not revoked:
                     shared[STARTED_NS] = time.monotonic_ns()
                     shared[CLAIMED] = seq
             if revoked:
+                skipped = seq
+                continue
+            if gate_error is not None:
+                _wire.add_note(
+                    gate_error,
+                    "procthrottle: the pool's worker could not take its permit (or rate turn) "
+                    "for this task, so the task did not run",
+                )
+                _wire.write_result(out, seq, _wire.ERROR, 0.0, _wire.encode_error(gate_error))
+                del gate_error
+                if left is not None:
+                    left -= 1
                 continue
             start = time.perf_counter()
             _in_task = True
@@ -222,20 +248,27 @@ def _serve(boot: WorkerBoot) -> None:
             fn = args = kwargs = None
             seconds = time.perf_counter() - start
             while queue and _revoked(shared, queue[0]):  # so that they keep no permit
-                queue.popleft()
+                skipped = _wire.task_seq(queue.popleft())
             if holding and (not queue or not keep):  # release before the parent hears
-                state.semaphore.release()
-                holding = False
-            _wire.write_all(out, _wire.result_frame(seq, kind, seconds, payload))
+                holding = _release(state)
+            _wire.write_result(out, seq, kind, seconds, payload)
             del payload
             if left is not None:
                 left -= 1
     finally:
         if holding:
-            state.semaphore.release()
+            _release(state)
 
 
-def _revoked(shared: Any, body: bytes) -> bool:
+def _release(state: WorkerState) -> bool:
+    """Give the permit back; a semaphore that was unlinked or closed meanwhile has no permit to
+    take back (the next take() fails that task with the cause). Returns False: not holding."""
+    with suppress(SemaphoreClosedError):
+        state.semaphore.release()
+    return False
+
+
+def _revoked(shared: Any, body: _wire.Frame) -> bool:
     seq = _wire.task_seq(body)
     return seq != _wire.STOP and _seq_revoked(shared, seq)
 

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import secrets
-from collections.abc import Sequence
 
 from .._exceptions import SemaphoreClosedError
 from .._kernel import _libc
+from ._layout import Layout
 from ._store import (
     ANONYMOUS_TAG,
     IF_UNUSED,
@@ -14,7 +14,6 @@ from ._store import (
     init_ops,
     inspect,
     lookup,
-    nsems,
     read_header,
 )
 
@@ -46,29 +45,30 @@ def sweep_anonymous() -> None:
             continue
 
 
-def create_anonymous(burst: int, intervals: Sequence[int]) -> RateSet:
+def create_anonymous(layout: Layout) -> RateSet:
     """A new owner-only anonymous set, initialised and attached to by this process."""
     sweep_anonymous()
-    init = init_ops(ANONYMOUS_TAG, burst, intervals, attach=True)
+    init = init_ops(ANONYMOUS_TAG, layout, attach=True)
     while True:
         key = secrets.randbelow(0x7FFFFFFE) + 1
-        semid = _libc.create_empty(key, nsems(len(intervals)), 0o600)
+        semid = _libc.create_empty(key, layout.nsems, 0o600)
         if semid is not None:
             _libc.semop(semid, init)
-            return RateSet(key, semid, len(intervals))
+            return RateSet(key, semid, layout)
 
 
-def open_anonymous(key: int, burst: int, intervals: Sequence[int]) -> RateSet:
+def open_anonymous(key: int, layout: Layout) -> RateSet:
     semid = lookup(key)
     header = None if semid is None else inspect(semid)
     if (
         semid is None
         or header is None
-        or (header.tag, header.burst, header.intervals) != (ANONYMOUS_TAG, burst, tuple(intervals))
+        or header.layout is None
+        or (header.tag, header.layout.key) != (ANONYMOUS_TAG, layout.key)
     ):
         raise SemaphoreClosedError(
             "this anonymous rate limiter no longer exists: every process that used it closed "
             "it or exited. Keep the creating process's RateLimiter alive while others use it, "
             "or give it a name="
         )
-    return RateSet(key, semid, len(intervals))
+    return RateSet(key, semid, layout)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import bisect
 import threading
 from collections import deque
 from types import TracebackType
@@ -13,75 +14,91 @@ import sniffio
 from .._kernel._validate import check_timeout
 from .._typing import Self
 from ._base import Reservation
-from ._limiter import RateLimiter, _monotonic_ns
-
-#: A waiter whose slot is at most this far ahead lets the next waiter of its loop reserve at
-#: once, so that a process keeps this much of its queue in the shared order (a process stalled
-#: for less than this loses no quota); beyond it, the next waiter reserves when it is admitted.
-LOOKAHEAD_NS = 50_000_000
+from ._limiter import RateLimiter
 
 
 class _Waiter:
-    __slots__ = ("cancelled", "event", "n", "turn")
+    __slots__ = ("event", "live", "n", "owns")
 
     def __init__(self, n: int) -> None:
         self.n = n
-        self.event = anyio.Event()
-        self.cancelled = False
-        self.turn = False  # it may reserve now (the turn passes in FIFO order)
+        self.event = anyio.Event()  # set once, when it becomes the first of its line
+        self.live = True  # not yet admitted, cancelled or timed out
+        self.owns = False  # it counts on one slot of the line's pool
 
 
 class _Line:
-    """The waiters of one event loop: who may reserve next, and slots given up."""
+    """The waiters of one event loop and the slots reserved for them.
 
-    __slots__ = ("busy", "pending", "spare")
+    Every waiter reserves one slot when it arrives, as a blocked thread does: a process holds
+    as many places in the shared order as it has waiters, whatever kind they are, so equal
+    demand gets equal shares across processes. The slots form one pool, in time order, and
+    only the first waiter sleeps, until the earliest slot; once admitted it wakes the next.
+    So who gets which slot is decided at admission, first come, first served: a waiter that
+    leaves early (cancelled, timed out) leaves its slot in the pool, where the next waiter
+    of its line uses it. The pool then holds one slot more than the waiters that count on it:
+    that surplus is given back to the shared state while it is the latest reservation there,
+    and otherwise kept for the next waiter to arrive.
+    """
+
+    __slots__ = ("live", "owed", "slots", "waiters")
 
     def __init__(self) -> None:
-        self.pending: deque[_Waiter] = deque()
-        self.busy = False  # a waiter holds the turn
-        self.spare: list[tuple[int, Reservation]] = []  # (n, slot) of cancelled waiters
+        self.waiters: deque[_Waiter] = deque()  # FIFO; the ones that left are skipped lazily
+        self.live = 0  # waiters still waiting
+        self.owed = 0  # waiters counting on a slot of the pool
+        self.slots: deque[tuple[int, Reservation]] = deque()  # (weight, reservation), by time
 
-    def take_spare(self, n: int) -> Reservation | None:
-        """A slot a cancelled waiter could not give back, if one holds ``n`` (earliest first).
+    def first(self) -> _Waiter | None:
+        waiters = self.waiters
+        while waiters and not waiters[0].live:
+            waiters.popleft()
+        return waiters[0] if waiters else None
 
-        Slots whose time has passed are dropped, not used: admitting a waiter now on a slot
-        accounted earlier would let several in at once (their quota is lost instead).
-        """
-        if self.spare:
-            now = _monotonic_ns()
-            self.spare = [spare for spare in self.spare if spare[1][0] >= now]
-        for i, (weight, reservation) in enumerate(self.spare):
-            if weight >= n:
-                del self.spare[i]
-                return reservation
-        return None
+    def spare(self) -> tuple[int, Reservation] | None:
+        """The slot a waiter arriving now would be served on, if the pool has one for it."""
+        return self.slots[self.owed] if len(self.slots) > self.owed else None
 
-    def pass_turn(self) -> None:
-        while self.pending:
-            waiter = self.pending.popleft()
-            if not waiter.cancelled:
-                waiter.turn = True
-                waiter.event.set()
-                return
-        self.busy = False
+    def add(self, slot: tuple[int, Reservation]) -> None:
+        """A new reservation into the pool, in time order (the latest, on this host)."""
+        slots = self.slots
+        if not slots or slots[-1][1][0] <= slot[1][0]:
+            slots.append(slot)
+        else:  # a remote backend's replies may come back out of order
+            index = bisect.bisect(slots, slot[1][0], key=lambda item: item[1][0])
+            slots.insert(index, slot)
 
 
 _get_running_loop = asyncio._get_running_loop
 
 
+def _remaining_ns(deadline: int | None, now: int) -> int | None:
+    return None if deadline is None else max(0, deadline - now)
+
+
+def _remaining(deadline: int | None, now: int, grace: int = 0) -> float:
+    """Seconds until ``deadline`` plus ``grace`` ns (inf for None), for `anyio.move_on_after`."""
+    return float("inf") if deadline is None else max(0, deadline + grace - now) / 1e9
+
+
 class AsyncRateLimiter:
     """Await a `RateLimiter` on asyncio or trio: the wait is a sleep on the event loop.
 
-    Each acquisition computes its reservation in the shared state (a few system calls that
-    never block) and sleeps until its slot, so 10,000 waiting tasks cost no thread. The
-    waiters of one process (per event loop) are served first come, first served: only the
-    first of them holds a reservation while the others wait behind it, so a cancelled waiter
-    costs the others nothing. A waiter cancelled while it holds a reservation gives it back
-    (when no reservation was made after it) or hands it to the next waiter of its loop.
+    Each waiting task reserves its slot in the shared state when it arrives (a few system
+    calls that never block), as a blocked thread does, and sleeps on the event loop: 10,000
+    waiting tasks cost no thread, and processes with as many waiters, whether threads, asyncio
+    or trio tasks, get equal shares. The waiters of one process (per event loop) are served
+    first come, first served. A waiter that is cancelled or times out leaves its slot to the
+    next waiter of its loop; the one slot this leaves over goes back to the shared state when
+    no reservation was made after it, and otherwise to the next waiter to arrive.
 
     Args:
         limiter: A `RateLimiter`, or the arguments of an anonymous one: a number per second
             or a rate string such as `"10/s"`.
+
+    Raises:
+        TypeError: ``limiter`` is none of those.
+        ValueError: A rate that is not a finite number > 0, or an unparseable rate string.
     """
 
     __slots__ = ("_limiter", "_lock", "_queues")
@@ -176,53 +193,72 @@ class AsyncRateLimiter:
             raise RuntimeError("AsyncRateLimiter.acquire needs a running asyncio or trio loop")
         if seconds is not None and seconds == float("inf"):
             seconds = None
-        deadline = None if seconds is None else _monotonic_ns() + max(0, int(seconds * 1e9))
+        now = limiter._now_ns()
+        deadline = None if seconds is None else now + max(0, int(seconds * 1e9))
         return await self._wait(loop, self._line(loop), _Waiter(n), deadline)
 
     async def _wait(self, loop: object, line: _Line, waiter: _Waiter, deadline: int | None) -> bool:
-        reservation: Reservation | None = None
+        now_ns = self._limiter._now_ns  # the clock of the slots
+        if not line.live:  # slots left by waiters gone: drop those that passed unused
+            while line.slots and line.slots[0][1][0] < now_ns():
+                await self._drop(line, 0)
+        n = waiter.n
+        line.waiters.append(waiter)
+        line.live += 1
+        admitted = False
         try:
-            if line.busy or line.pending:
-                line.pending.append(waiter)
-                if deadline is None:
-                    await waiter.event.wait()
-                else:
-                    with anyio.move_on_after(max(0, deadline - _monotonic_ns()) / 1e9):
-                        await waiter.event.wait()
-                    if not waiter.turn:
-                        return False
+            spare = line.spare()
+            if spare is not None and spare[0] >= n:  # a slot given up by a waiter gone
+                if deadline is not None and spare[1][0] > deadline:
+                    return False  # the spare slot is the earliest it could get
+                waiter.owns = True
+                line.owed += 1
             else:
-                line.busy = waiter.turn = True
-            # Our turn: use a slot a cancelled waiter gave up, or reserve one.
-            reservation = line.take_spare(waiter.n)
-            if reservation is None:
-                max_wait = None if deadline is None else max(0, deadline - _monotonic_ns())
-                reservation = await self._reserve(waiter.n, max_wait)
+                max_wait = _remaining_ns(deadline, now_ns())
+                reservation = await self._reserve(n, max_wait)
                 if reservation is None:
                     return False
-            slot = reservation[0]
-            if slot - _monotonic_ns() <= LOOKAHEAD_NS:
-                waiter.turn = False
-                line.pass_turn()  # the next waiter reserves now, behind us
-            while (delay := slot - _monotonic_ns()) > 0:
-                await anyio.sleep(delay / 1e9)
-            reservation = None  # admitted
-            return True
+                line.add((n, reservation))
+                waiter.owns = True
+                line.owed += 1
+            # Its slot only comes earlier from now on; the deadline stays as a safety net.
+            with anyio.move_on_after(_remaining(deadline, now_ns(), grace=10_000_000)):
+                if line.first() is not waiter:
+                    await waiter.event.wait()
+                while line.slots and line.slots[0][0] < n:  # a lighter slot: unusable here
+                    await self._drop(line, 0)
+                if not line.slots:  # lost some to weight mismatches: reserve again
+                    reservation = await self._reserve(n, _remaining_ns(deadline, now_ns()))
+                    if reservation is None:
+                        return False
+                    line.add((n, reservation))
+                slot = line.slots[0][1][0]
+                while (delay := slot - now_ns()) > 0:
+                    await anyio.sleep(delay / 1e9)
+                line.slots.popleft()  # admitted on the earliest slot
+                admitted = True
+            return admitted
         finally:
-            waiter.cancelled = True
-            if reservation is not None:
-                with anyio.CancelScope(shield=True):
-                    if not await self._give_back(reservation):
-                        line.spare.append((waiter.n, reservation))  # for the next waiter
-                    else:  # now the one reserved before ours may be the latest: undo it too
-                        line.spare.sort(key=lambda spare: spare[1][0])
-                        while line.spare and await self._give_back(line.spare[-1][1]):
-                            line.spare.pop()
-            if waiter.turn:
-                waiter.turn = False
-                line.pass_turn()
-            if not line.busy and not line.pending and self._queues.get(loop) is line:
-                del self._queues[loop]  # spare slots nobody waits for are lost (one each)
+            waiter.live = False
+            line.live -= 1
+            if waiter.owns:
+                line.owed -= 1
+            nxt = line.first()
+            if nxt is not None:
+                nxt.event.set()  # the next waiter sleeps until the earliest slot
+            if not admitted and len(line.slots) > line.owed:
+                with anyio.CancelScope(shield=True):  # give the surplus back while it is latest
+                    while len(line.slots) > line.owed and await self._give_back(line.slots[-1][1]):
+                        line.slots.pop()
+            if not line.live and not line.slots and self._queues.get(loop) is line:
+                del self._queues[loop]
+
+    async def _drop(self, line: _Line, index: int) -> None:
+        """Remove a slot from the pool: given back if it is the latest reservation, else lost."""
+        _, reservation = line.slots[index]
+        del line.slots[index]
+        with anyio.CancelScope(shield=True):
+            await self._give_back(reservation)
 
     # -- what a backend provides ----------------------------------------------------------
     def _admit_now(self, n: int) -> bool:

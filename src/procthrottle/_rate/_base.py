@@ -14,7 +14,7 @@ from types import TracebackType
 from .._kernel._validate import check_timeout
 from .._typing import Self
 
-#: ``(slot in monotonic ns, old state, new state)``: what a reservation took, to give it back.
+#: ``(slot in `_now_ns` ns, old state, new state)``: what a reservation took, to give it back.
 Reservation = tuple[int, list[int], list[int]]
 
 
@@ -42,11 +42,16 @@ class RateLimits:
     def _give_back(self, reservation: Reservation) -> bool:
         raise NotImplementedError  # pragma: no cover
 
+    def _now_ns(self) -> int:
+        """Now on the clock of this limiter's slots (this host's monotonic clock)."""
+        return time.monotonic_ns()
+
     def _sleep_until(self, reservation: Reservation) -> bool:
         """Sleep until the reserved slot; True. Interrupted, give the reservation back."""
         slot = reservation[0]
+        now_ns = self._now_ns
         try:
-            while (delay := slot - time.monotonic_ns()) > 0:
+            while (delay := slot - now_ns()) > 0:
                 time.sleep(delay / 1e9)
         except BaseException:
             self._give_back(reservation)
@@ -82,5 +87,5 @@ class RateLimits:
 
     @property
     def extra(self) -> tuple[tuple[float, float], ...]:
-        """The other `(rate, per)` pairs enforced together with the first."""
+        """The `extra` rates enforced together with the main rate (`RateLimiter`: window quotas)."""
         return tuple(self._pairs[1:])

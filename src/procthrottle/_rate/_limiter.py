@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
 import weakref
 from collections.abc import Sequence
 from multiprocessing.util import Finalize
@@ -22,12 +21,10 @@ except (ImportError, OSError, TypeError, AttributeError) as exc:  # pragma: no c
         "RateLimiter needs System V semaphores (Linux, macOS), which this platform lacks "
         f"({type(exc).__name__}: {exc}); use procthrottle.redis.RedisRateLimiter instead"
     )
+from . import _clock, _window
 from ._base import RateLimits, Reservation, max_wait_ns
-from ._gcra import reserve
-from ._parse import check_burst, check_extra, check_n, describe, intervals_ns, rate_pair
-
-_monotonic_ns = time.monotonic_ns
-#: A reservation: ``(slot, tats_before, tats_after)``, all in monotonic nanoseconds.
+from ._layout import MAX_COUNT, MAX_QUOTAS, Layout, differences, max_set_size
+from ._parse import check_burst, check_extra, check_n, interval_ns, quotas_ns, rate_pair
 
 _live: weakref.WeakSet[RateLimiter] = weakref.WeakSet()
 _anonymous: weakref.WeakValueDictionary[int, RateLimiter] = weakref.WeakValueDictionary()
@@ -49,28 +46,33 @@ class RateLimiter(RateLimits):
 
     The limit holds for every process using the limiter: children it was passed to (under
     fork, spawn and forkserver, including as an argument of `ProcessPoolExecutor.submit`),
-    or, with a `name`, every process of this user on the host. Several rates may be enforced
-    at once with `extra`, e.g. 10 per second and 500 per minute. Over any window of `W`
+    or, with a `name`, every process of this user on the host. Over any window of `W`
     seconds at most `burst + rate * W / per` acquisitions (counted with their weight `n`) are
-    admitted, for each rate.
+    admitted. Window quotas may be added with `extra`: `RateLimiter("10/s", extra=[(100,
+    60)])` admits at most 10 per second and at most 100 in any 60 seconds, at 10/s until
+    the minute's 100 are used.
 
-    The state is one theoretical arrival time per rate (GCRA) in a System V semaphore set,
-    updated by an atomic compare-and-swap: there is no lock, so a process killed at any
-    instant neither corrupts the state nor blocks the others. An acquisition reserves the
-    next free slot and sleeps until it, so waiters are served in the order they arrived.
+    The state (the main rate's theoretical arrival time, GCRA, and each quota's last
+    admissions) is kept in a System V semaphore set, updated by an atomic compare-and-swap:
+    there is no lock, so a process killed at any instant neither corrupts the state nor
+    blocks the others. An acquisition reserves the next free slot and sleeps until it, so
+    waiters are served in the order they arrived.
 
     Args:
         rate: How many acquisitions per `per` seconds, as a number > 0, or a string such as
             `"10/s"`, `"600/min"`, `"5000/h"` (then leave `per` at its default).
         per: The period of `rate` in seconds.
-        burst: How many acquisitions may be admitted at once after an idle period (>= 1).
+        burst: How many acquisitions of the main rate may be admitted at once after an idle
+            period (>= 1).
         name: Share the limiter host-wide under this name (1 to 200 characters of
             `[A-Za-z0-9._-]`), with the naming and ownership rules of `ProcessSemaphore`:
             processes creating or opening it concurrently always meet on one limiter,
             whatever the timing or a creator's stall or death. Opening an existing name with
             other rates or another burst raises `ValueError`; so does a name a semaphore has
             (a `ValueError` that is also a `FileExistsError`).
-        extra: More `(rate, per)` pairs (or rate strings) enforced together with the first.
+        extra: Window quotas, as `(count, per)` pairs or rate strings (`"100/min"`): at most
+            `count` acquisitions in any `per` seconds, its burst being its count (up to 7
+            quotas; a count is rounded down to a whole number).
         mode: Permission bits of a new named limiter (default `0o600`, owner-only). An
             existing name owned by another user is used only if `mode` grants the same
             sharing (`0o660`: a group the caller is in; `0o666`: everyone).
@@ -90,10 +92,11 @@ class RateLimiter(RateLimits):
         "_cache",
         "_closed",
         "_finalizer",
-        "_intervals",
+        "_layout",
         "_mode",
         "_name",
         "_pairs",
+        "_quota",
         "_single",
         "_store",
     )
@@ -117,39 +120,34 @@ class RateLimiter(RateLimits):
         mode = check_mode(mode)
         if _UNAVAILABLE is not None:  # pragma: no cover - Windows
             raise NotImplementedError(_UNAVAILABLE)
-        if len(pairs) > shared.MAX_RATES:
-            raise ValueError(f"at most {shared.MAX_RATES} rates per limiter, got {len(pairs)}")
-        intervals = intervals_ns(pairs, burst)
-        self._configure(pairs, burst, intervals, name)
+        layout = make_layout(pairs, burst)
+        self._configure(pairs, layout, name)
         self._mode = mode
         if name is None:
-            store = create_anonymous(burst, intervals)
+            store = create_anonymous(layout)
         else:
-            store, header = shared.open_or_create_named(name, burst, intervals, mode)
-            if (header.burst, header.intervals) != (burst, intervals):
-                raise ValueError(self._mismatch(name, header))
+            store, header = shared.open_or_create_named(name, layout, mode)
+            assert header.layout is not None  # a half-made set was refused
+            if header.layout.key != layout.key:
+                raise ValueError(self._mismatch(name, header.layout))
         self._setup(store, attached=name is None)
 
     def _configure(
-        self,
-        pairs: list[tuple[float, float]],
-        burst: int,
-        intervals: tuple[int, ...],
-        name: str | None,
+        self, pairs: list[tuple[float, float]], layout: Layout, name: str | None
     ) -> None:
-        self._pairs, self._burst, self._intervals, self._name = pairs, burst, intervals, name
-        self._single = intervals[0] if len(intervals) == 1 else 0
+        self._pairs, self._burst, self._layout, self._name = pairs, layout.burst, layout, name
+        self._single = 0 if layout.quotas else layout.interval
+        self._quota = min((count for count, _ in layout.quotas), default=None)
         self._cache: list[int] | None = None
         self._closed: str | None = None
         self._attached = False
         self._finalizer = None
 
-    def _mismatch(self, name: str, header: shared.Header) -> str:
-        theirs = describe([(1e9 / t, 1.0) for t in header.intervals])
+    def _mismatch(self, name: str, theirs: Layout) -> str:
         return (
-            f"rate limiter {name!r} already exists with {theirs} (burst={header.burst}), not "
-            f"{describe(self._pairs)} (burst={self._burst}); open it with the same rates and "
-            f"burst, or unlink it first"
+            f"rate limiter {name!r} already exists with other limits: "
+            f"{'; '.join(differences(theirs, self._layout))}. Open it with the same rate, "
+            f"burst and extra, or unlink it first"
         )
 
     def _setup(self, store: shared.RateSet, *, attached: bool = False) -> None:
@@ -174,6 +172,10 @@ class RateLimiter(RateLimits):
         self._attached = False
 
     # -- reservations --------------------------------------------------------------------
+    def _now_ns(self) -> int:
+        """Now on the host's monotonic clock, which the shared state keeps (`_clock`)."""
+        return _clock.now_ns()
+
     def _reserve(self, n: int, max_wait: int | None) -> Reservation | None:
         """Reserve a slot for ``n`` unless it is more than ``max_wait`` ns away (None: any)."""
         if not self._attached:
@@ -184,15 +186,14 @@ class RateLimiter(RateLimits):
         tats = self._cache
         fresh = tats is None
         burst = self._burst
-        intervals = self._intervals
-        if len(intervals) == 1:  # the GCRA of _gcra.reserve for one rate, inlined
-            interval = intervals[0]
+        interval = self._single
+        if interval:  # the main rate alone: the GCRA of _window.reserve, inlined
             while True:
                 if tats is None:
                     tats = store.read()
                     fresh = True
                 tat = tats[0]
-                now = _monotonic_ns()
+                now = _clock.now_ns()
                 slot = (tat if tat > now else now) + (n - burst) * interval
                 if slot < now:
                     slot = now
@@ -207,21 +208,15 @@ class RateLimiter(RateLimits):
                     self._cache = new
                     return slot, tats, new
                 tats = None
-        while True:
-            if tats is None:
-                tats = store.read()
-                fresh = True
-            now = _monotonic_ns()
-            slot, new = reserve(tats, now, n, intervals, burst)
+        layout = self._layout
+        while True:  # with window quotas: read everything, every time
+            values = store.read_values()
+            now = _clock.now_ns()
+            slot, old, new = _window.reserve(values, layout, now, n)
             if max_wait is not None and slot - now > max_wait:
-                if not fresh:
-                    tats = None
-                    continue
                 return None
-            if store.swap(tats, new):
-                self._cache = new
-                return slot, tats, new
-            tats = None
+            if store.swap_pairs(old, new):
+                return slot, old, new
 
     def _take_now(self, n: int) -> bool:
         """Admit ``n`` now if this process's last view says so: one system call, no sleep.
@@ -233,7 +228,7 @@ class RateLimiter(RateLimits):
         if tats is None or not interval or not self._attached:
             return self._closed is None and self._reserve(n, 0) is not None
         tat = tats[0]
-        now = _monotonic_ns()
+        now = _clock.now_ns()
         base = tat if tat > now else now
         if base + (n - self._burst) * interval > now:
             return False
@@ -249,7 +244,10 @@ class RateLimiter(RateLimits):
             return False
         _, before, after = reservation
         try:
-            undone = self._store.swap(after, before)
+            if self._single:
+                undone = self._store.swap(after, before)
+            else:
+                return self._store.swap_pairs(after, before)
         except (SemaphoreClosedError, OSError):
             return False
         if undone:
@@ -257,9 +255,11 @@ class RateLimiter(RateLimits):
         return undone
 
     def _check_n(self, n: object) -> int:
-        if isinstance(n, int) and n.__class__ is int and 1 <= n <= self._burst:
-            return n
-        return check_n(n, self._burst)
+        quota = self._quota
+        if isinstance(n, int) and n.__class__ is int and 1 <= n <= self._burst:  # noqa: SIM102
+            if quota is None or n <= quota:
+                return n
+        return check_n(n, self._burst, self._quota)
 
     # -- public ----------------------------------------------------------------------------
     def acquire(self, n: int = 1, *, block: bool = True, timeout: float | None = None) -> bool:
@@ -285,17 +285,6 @@ class RateLimiter(RateLimits):
             return True
         reservation = self._reserve(n, max_wait)
         return reservation is not None and self._sleep_until(reservation)
-        reservation = self._reserve(n, max_wait)
-        if reservation is None:
-            return False
-        slot = reservation[0]
-        try:
-            while (delay := slot - _monotonic_ns()) > 0:
-                time.sleep(delay / 1e9)
-        except BaseException:
-            self._give_back(reservation)
-            raise
-        return True
 
     @property
     def name(self) -> str | None:
@@ -344,15 +333,34 @@ def _open_named(
     return RateLimiter(*pairs[0], burst=burst, name=name, extra=pairs[1:], mode=mode)
 
 
+def make_layout(pairs: list[tuple[float, float]], burst: int) -> Layout:
+    """The layout of a limiter of these rates: the first is the main rate, the others quotas.
+
+    Raises:
+        ValueError: A rate out of range, too many quotas, or quotas too large for one set.
+    """
+    if len(pairs) > 1 + MAX_QUOTAS:
+        raise ValueError(f"at most {MAX_QUOTAS} extra rates per limiter, got {len(pairs) - 1}")
+    layout = Layout(burst, interval_ns(*pairs[0], burst), quotas_ns(pairs[1:], MAX_COUNT))
+    limit = max_set_size()
+    if limit is not None and layout.nsems > limit:
+        raise ValueError(
+            f"the window quotas of extra={pairs[1:]} need {layout.nsems} semaphores in one "
+            f"set and this kernel allows {limit} (SEMMSL): a quota keeps its last `count` "
+            "admissions (6 semaphores each); use smaller counts over shorter periods"
+        )
+    return layout
+
+
 def _open_anonymous(key: int, pairs: list[tuple[float, float]], burst: int) -> RateLimiter:
     """The limiter with this key, attached on first use (one handle per process)."""
-    intervals = intervals_ns(pairs, burst)
-    store = open_anonymous(key, burst, intervals)
+    layout = make_layout(pairs, burst)
+    store = open_anonymous(key, layout)
     existing = _anonymous.get(store.semid)
     if existing is not None and existing._closed is None:
         return existing
     self = object.__new__(RateLimiter)
-    self._configure(list(pairs), burst, intervals, None)
+    self._configure(list(pairs), layout, None)
     self._mode = DEFAULT_MODE
     self._store = store  # attached when first used, after a spawned child's bootstrap
     _live.add(self)

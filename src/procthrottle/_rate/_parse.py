@@ -102,23 +102,48 @@ def check_extra(extra: object) -> list[tuple[float, float]]:
     return pairs
 
 
-def intervals_ns(pairs: Sequence[tuple[float, float]], burst: int) -> tuple[int, ...]:
-    """The emission intervals (``per / rate``) in nanoseconds, in a canonical order."""
-    result = []
-    for rate, per in pairs:
-        exact = per / rate * 1e9
-        if exact < 1:
-            raise ValueError(f"the rate {rate:g} per {per:g} s is above one per nanosecond")
-        if exact * burst >= MAX_SPAN_NS:  # also inf: a rate of 1e-300 per second
+def interval_ns(rate: float, per: float, burst: int) -> int:
+    """The main rate's emission interval (``per / rate``) in nanoseconds, rounded up."""
+    exact = per / rate * 1e9
+    if exact < 1:
+        raise ValueError(f"the rate {rate:g} per {per:g} s is above one per nanosecond")
+    if exact * burst >= MAX_SPAN_NS:  # also inf: a rate of 1e-300 per second
+        raise ValueError(
+            f"the rate {rate:g} per {per:g} s with burst={burst} spans more than "
+            f"{MAX_SPAN_NS / 1e9 / 86400:.0f} days; use a shorter period"
+        )
+    return math.ceil(exact)  # up: never more than asked
+
+
+def quotas_ns(pairs: Sequence[tuple[float, float]], max_count: int) -> tuple[tuple[int, int], ...]:
+    """The window quotas ``(count, period in ns)`` of ``extra``, in a canonical order.
+
+    A count that is not whole is rounded down (never more than asked); the period up.
+    """
+    result = set()
+    for i, (count, per) in enumerate(pairs):
+        whole = math.floor(count)
+        if whole < 1:
             raise ValueError(
-                f"the rate {rate:g} per {per:g} s with burst={burst} spans more than "
-                f"{MAX_SPAN_NS / 1e9 / 86400:.0f} days; use a shorter period"
+                f"extra[{i}] allows {count:g} per {per:g} s: a window quota counts whole "
+                "acquisitions, so at least 1; use a longer period"
             )
-        result.append(math.ceil(exact))  # up: never more than asked
-    return tuple(sorted(set(result)))
+        if whole > max_count:
+            raise ValueError(
+                f"extra[{i}] allows {whole} per {per:g} s: a window quota counts at most "
+                f"{max_count}; use a shorter period (e.g. {max_count * per / whole:g} s for "
+                f"{max_count})"
+            )
+        if per * 1e9 >= MAX_SPAN_NS:
+            raise ValueError(
+                f"extra[{i}]: the period {per:g} s is longer than "
+                f"{MAX_SPAN_NS / 1e9 / 86400:.0f} days"
+            )
+        result.add((whole, math.ceil(per * 1e9)))
+    return tuple(sorted(result))
 
 
-def check_n(n: object, burst: int) -> int:
+def check_n(n: object, burst: int, quota: int | None = None) -> int:
     if isinstance(n, bool) or not isinstance(n, int):
         raise TypeError(f"n must be an int, not {type(n).__name__}")
     if n < 1:
@@ -127,6 +152,11 @@ def check_n(n: object, burst: int) -> int:
         raise ValueError(
             f"n={n} is more than burst={burst}: it could never be admitted; "
             f"raise burst to at least {n} or acquire in smaller parts"
+        )
+    if quota is not None and n > quota:
+        raise ValueError(
+            f"n={n} is more than the smallest window quota ({quota}): it could never be "
+            "admitted; acquire in smaller parts"
         )
     return n
 

@@ -1,10 +1,10 @@
 """The shared state of a rate limiter: one System V semaphore set, updated by compare-and-swap.
 
-Semaphore values are 15-bit counters, so a 60-bit time takes four of them. The set holds a
-header (a magic value, an attach counter, the owner tag of a named set, the burst and the
-number of rates), each rate's emission interval and each rate's theoretical arrival time (TAT).
+The set holds a header (a magic value, an attach counter, the owner tag of a named set, the
+burst and the number of rates), the configuration, the main rate's theoretical arrival time
+(TAT) and each window quota's ring of recent admissions, as `_layout` lays them out.
 
-There is no lock. An update is one ``semop`` call with, for every TAT word, the three
+There is no lock. An update is one ``semop`` call with, for every word it changes, the three
 operations "subtract the value I read", "wait for zero" and "add the new value", all with
 ``IPC_NOWAIT``: the kernel applies them atomically and only if every word still holds what
 this process read, a multi-word compare-and-swap. A process killed at any instant therefore
@@ -36,25 +36,35 @@ import sysv_ipc
 
 from .._exceptions import SemaphoreClosedError
 from .._kernel import _libc, _naming, _registry
+from ._layout import ATTACH as ATTACH
+from ._layout import (
+    BURST,
+    HEADER,
+    MAGIC,
+    MAGIC_VALUE,
+    MAX_QUOTAS,
+    MAX_TIME,
+    NRATES,
+    TAG_HI,
+    TAG_LO,
+    WORD_MASK,
+    WORDS,
+    Layout,
+    decode,
+)
 
-MAGIC, ATTACH, TAG_HI, TAG_LO, BURST, NRATES = range(6)
-HEADER = 6
-#: Marks a set as a procthrottle rate limiter (layout version 1).
-MAGIC_VALUE = 0x5231
-WORD_BITS = 15
-WORD_MASK = (1 << WORD_BITS) - 1
-WORDS = 4  # 60 bits per time value
-MAX_TIME = 1 << (WORD_BITS * WORDS)
-MAX_RATES = 8
 ANONYMOUS_TAG = (0, 0)
 GETALL = 6 if sys.platform == "darwin" else 13
 
 _getall = _libc.libc["semctl"]
-_getall.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_void_p)
+# semctl is variadic: argtypes name its fixed arguments only, and the array goes as a variadic
+# extra (by address), which is how arm64 macOS wants a variadic argument passed.
+_getall.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int)
 _getall.restype = ctypes.c_int
-# No argtypes on the hot path: callers pass a ctypes pointer and size_t made once, which
-# ctypes hands over without per-call conversion (a third of the cost of an update).
+# The hot path: callers pass a ctypes pointer and size_t made once, which these argtypes take
+# as they are (no per-call conversion).
 _semop = semop = _libc.libc["semop"]
+_semop.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t)
 _semop.restype = ctypes.c_int
 
 _ATTACH = _libc.ops((ATTACH, 1, _libc.SEM_UNDO))
@@ -62,23 +72,10 @@ _DETACH = _libc.ops((ATTACH, -1, _libc.SEM_UNDO | _libc.IPC_NOWAIT))
 IF_UNUSED = _libc.ops((ATTACH, 0, _libc.IPC_NOWAIT))
 
 
-def encode(value: int) -> list[int]:
-    return [(value >> (WORD_BITS * i)) & WORD_MASK for i in range(WORDS)]
-
-
-def decode(words: Sequence[int]) -> int:
-    return words[0] | words[1] << 15 | words[2] << 30 | words[3] << 45
-
-
-def nsems(nrates: int) -> int:
-    return HEADER + 2 * WORDS * nrates
-
-
-def initial(tag: tuple[int, int], burst: int, intervals: Sequence[int]) -> list[int]:
-    values = [MAGIC_VALUE, 0, *tag, burst, len(intervals)]
-    for interval in intervals:
-        values += encode(interval)
-    return values + [0] * (WORDS * len(intervals))
+def initial(tag: tuple[int, int], layout: Layout) -> list[int]:
+    values = [MAGIC_VALUE, 0, *tag, layout.burst, 1 + len(layout.quotas)]
+    values += layout.config_words()
+    return values + [0] * (layout.nsems - len(values))
 
 
 def name_tag(name: str) -> tuple[int, int]:
@@ -88,7 +85,7 @@ def name_tag(name: str) -> tuple[int, int]:
 
 
 def init_ops(
-    tag: tuple[int, int], burst: int, intervals: Sequence[int], *, attach: bool = False
+    tag: tuple[int, int], layout: Layout, *, attach: bool = False
 ) -> ctypes.Array[_libc.SemBuf]:
     """Write a set's header in one ``semop``, only while its magic word is still 0.
 
@@ -96,7 +93,7 @@ def init_ops(
     seen finished but unattached (which the sweep of another process would remove).
     """
     triples = [(MAGIC, 0, _libc.IPC_NOWAIT)]
-    for word, value in enumerate(initial(tag, burst, intervals)):
+    for word, value in enumerate(initial(tag, layout)):
         if value and word != ATTACH:
             triples.append((word, value, 0))
     if attach:
@@ -105,20 +102,28 @@ def init_ops(
 
 
 class Header:
-    """What a set says about itself: owner tag, burst and intervals (none: half-made)."""
+    """What a set says about itself: owner tag and configuration (none: half-made)."""
 
-    __slots__ = ("burst", "intervals", "tag")
+    __slots__ = ("layout", "tag")
 
-    def __init__(self, tag: tuple[int, int], burst: int, intervals: tuple[int, ...]) -> None:
-        self.tag, self.burst, self.intervals = tag, burst, intervals
+    def __init__(self, tag: tuple[int, int], layout: Layout | None) -> None:
+        self.tag, self.layout = tag, layout
 
     @property
     def half_made(self) -> bool:
         """Its creator made it but nobody has written its header yet."""
-        return not self.intervals
+        return self.layout is None
+
+    @property
+    def burst(self) -> int:
+        return 0 if self.layout is None else self.layout.burst
+
+    def pairs(self) -> list[tuple[float, float]]:
+        """``(rate, per)`` of the main rate and of each window quota (none if half-made)."""
+        return [] if self.layout is None else self.layout.pairs()
 
 
-HALF_MADE = Header(ANONYMOUS_TAG, 0, ())
+HALF_MADE = Header(ANONYMOUS_TAG, None)
 
 
 def _has_size(semid: int, size: int) -> bool:
@@ -149,12 +154,25 @@ def read_header(semid: int) -> Header | None:
     if magic != MAGIC_VALUE:
         return None
     count = _libc.getval(semid, NRATES)
-    if not 1 <= count <= MAX_RATES or not _has_size(semid, nsems(count)):
+    if not 1 <= count <= 1 + MAX_QUOTAS:
         return None
-    values = read_all(semid, nsems(count))
-    ends = range(HEADER, HEADER + WORDS * count, WORDS)
-    intervals = tuple(decode(values[i : i + WORDS]) for i in ends)
-    return Header((values[TAG_HI], values[TAG_LO]), values[BURST], intervals)
+    config_end = HEADER + WORDS + (WORDS + 1) * (count - 1)
+    try:  # one value at a time: GETALL needs a buffer of the set's size, not known yet
+        words = [_libc.getval(semid, i) for i in range(config_end)]
+    except OSError as exc:
+        if exc.errno == errno.EINVAL and _libc.getval(semid, 0) >= 0:
+            return None  # too small for its own header: not ours
+        raise
+    quotas = []
+    for at in range(HEADER + WORDS, config_end, WORDS + 1):
+        quotas.append((words[at], decode(words, at + 1)))
+    interval = decode(words, HEADER)
+    if not interval or any(not count or not period for count, period in quotas):
+        return None
+    layout = Layout(words[BURST], interval, quotas)
+    if not _has_size(semid, layout.nsems):
+        return None
+    return Header((words[TAG_HI], words[TAG_LO]), layout)
 
 
 def inspect(semid: int) -> Header | None:
@@ -168,7 +186,7 @@ def inspect(semid: int) -> Header | None:
 
 def read_all(semid: int, size: int) -> list[int]:
     buffer = (ctypes.c_ushort * size)()
-    if _getall(semid, 0, GETALL, ctypes.addressof(buffer)) < 0:
+    if _getall(semid, 0, GETALL, buffer) < 0:
         code = ctypes.get_errno()
         raise OSError(code, os.strerror(code))
     return list(buffer)
@@ -210,30 +228,50 @@ class _PerThread(threading.local):
 class RateSet:
     """One process's handle on a rate set: read, compare-and-swap, attach, detach."""
 
-    __slots__ = ("_local", "count", "count_ops", "key", "semid", "tat_base")
+    __slots__ = ("_local", "count", "count_ops", "key", "layout", "semid", "tat_base")
 
-    def __init__(self, key: int, semid: int, count: int) -> None:
-        self.key, self.semid, self.count = key, semid, count
-        self.tat_base = HEADER + WORDS * count
-        size = nsems(count)
+    def __init__(self, key: int, semid: int, layout: Layout) -> None:
+        self.key, self.semid, self.layout = key, semid, layout
+        self.count = 1  # the TATs `read`, `swap` and `cas1` handle: the main rate's
+        self.tat_base = layout.tat
         # Per TAT word: (word, -old), (word, 0), (word, +new); old and new filled per update.
         template: list[int] = []
-        for word in range(self.tat_base, size):
+        for word in range(self.tat_base, self.tat_base + WORDS):
             for _ in range(3):
                 template += [word, 0, _libc.IPC_NOWAIT]
         self.count_ops = ctypes.c_size_t(len(template) // 3)
-        self._local = _PerThread(template, size)
+        self._local = _PerThread(template, layout.nsems)
 
     def read(self) -> list[int]:
-        """The TATs now (one atomic GETALL)."""
-        buffer = self._local.buffers.values
-        if _getall(self.semid, 0, GETALL, ctypes.addressof(buffer)) < 0:
-            self._fail()
+        """The main rate's TAT now (one atomic GETALL)."""
+        buffer = self.read_values()
         base = self.tat_base
         return [
-            buffer[i] | buffer[i + 1] << 15 | buffer[i + 2] << 30 | buffer[i + 3] << 45
-            for i in range(base, base + WORDS * self.count, WORDS)
+            buffer[base] | buffer[base + 1] << 15 | buffer[base + 2] << 30 | buffer[base + 3] << 45
         ]
+
+    def read_values(self) -> ctypes.Array[ctypes.c_ushort]:
+        """Every value of the set now (one atomic GETALL), in this thread's buffer."""
+        buffer = self._local.buffers.values
+        if _getall(self.semid, 0, GETALL, buffer) < 0:
+            self._fail()
+        return buffer
+
+    def swap_pairs(self, old: Sequence[int], new: Sequence[int]) -> bool:
+        """Set the words ``old = [word, value, ...]`` to the values of ``new`` (same words, in
+        the same order) if they all still hold their ``old`` values: one atomic ``semop``."""
+        ops = array.array("h")
+        for i in range(0, len(old), 2):
+            word, before, after = old[i], old[i + 1], new[i + 1]
+            ops.extend((word, -before, _libc.IPC_NOWAIT, word, 0, _libc.IPC_NOWAIT))
+            ops.extend((word, after, _libc.IPC_NOWAIT))
+        address = ctypes.c_void_p(ops.buffer_info()[0])
+        if _semop(self.semid, address, ctypes.c_size_t(len(ops) // 3)) == 0:
+            return True
+        code = ctypes.get_errno()
+        if code == errno.EAGAIN or code == errno.EINTR:
+            return False
+        self._fail(code)
 
     def swap(self, old: Sequence[int], new: Sequence[int]) -> bool:
         """Replace the TATs ``old`` by ``new`` if they still are ``old`` (atomically)."""
@@ -341,9 +379,7 @@ def find_named(name: str) -> tuple[int, int, Header] | None:
     return key, semid, header
 
 
-def open_or_create_named(
-    name: str, burst: int, intervals: Sequence[int], mode: int
-) -> tuple[RateSet, Header]:
+def open_or_create_named(name: str, layout: Layout, mode: int) -> tuple[RateSet, Header]:
     """The named set, created if need be, and its header (the rates it holds).
 
     Raises:
@@ -354,8 +390,8 @@ def open_or_create_named(
     """
     what = f"rate limiter {name!r}"
     _naming.refuse_other_kind(name, _naming.RATE_LIMITER)
-    key, tag, size = _naming.rate_key(name), name_tag(name), nsems(len(intervals))
-    init = init_ops(tag, burst, intervals)
+    key, tag, size = _naming.rate_key(name), name_tag(name), layout.nsems
+    init = init_ops(tag, layout)
 
     finished = False  # this process's set-up semop made the set (whoever created it)
 
@@ -377,7 +413,7 @@ def open_or_create_named(
         raise _naming.foreign_key(what, key, holder)
     if header.half_made:
         raise ValueError(
-            f"{what} is half-made by a creator with another number of rates (its creator "
+            f"{what} is half-made by a creator with other window quotas (its creator "
             f"stopped or died before finishing it); create it with that creator's rates, or "
             f"remove it with `procthrottle unlink {name}`"
         )
@@ -390,7 +426,7 @@ def open_or_create_named(
         _registry.add(name, _registry.RATE)
     # The header as read back, also for the creator: a creator stalled before its set-up semop
     # finds it made by another opener, maybe with other rates, which the caller compares.
-    return RateSet(key, semid, len(intervals)), header
+    return RateSet(key, semid, layout), header
 
 
 def unlink_named(name: str) -> bool:
