@@ -122,13 +122,13 @@ def made_since(before: set[int], pid: int | None = None) -> set[int]:
     the last to have touched a word nothing else changes (a semaphore's tag, a rate limiter's
     magic). Other programs' sets, which come and go meanwhile, are not counted."""
     from procthrottle._kernel import _libc, _naming
-    from procthrottle._rate import _store
+    from procthrottle._rate import _layout as _rate_layout
 
     pid = os.getpid() if pid is None else pid
     found = set()
     for semid in sysv_sets() - before:
         try:
-            word = _naming.TAG_HI if _naming._layout(semid) is not None else _store.MAGIC
+            word = _naming.TAG_HI if _naming._layout(semid) is not None else _rate_layout.MAGIC
             if _libc.getctl(semid, word, _libc.GETPID) == pid:
                 found.add(semid)
         except OSError:
