@@ -68,7 +68,7 @@ def throttle(
             semaphore), a `RedisRateLimiter` (sync functions) or an `AsyncRedisRateLimiter`;
             or None. Async functions sleep on the event loop.
         timeout: Seconds to wait for the rate and the permit together at most; None waits
-            forever.
+            forever. A rate slot, once taken, is used even if the permit then does not come.
         name: With an ``int`` limit: the host-wide name of its semaphore (created with that
             limit, or joined; `ProcessSemaphore`'s naming rules). It stays on the host until
             removed (``procthrottle unlink NAME``), like any named semaphore.
