@@ -429,3 +429,44 @@ async def test_a_threading_lock_works_as_a_semaphore_of_one() -> None:
                 tg.start_soon(user, i)
     assert peak == 1
     assert not lock.locked()
+
+
+@pytest.mark.parametrize("crash_safe", [True, False])
+async def test_one_waiter_thread_per_kernel_semaphore_however_many_handles(
+    crash_safe: bool,
+) -> None:
+    """30 decorations, each over its own handle of one name: the tasks that wait in the kernel
+    share one waiter thread (they wait for the same kernel semaphore), and each gets a turn."""
+    from procthrottle import throttle
+
+    name = unique_name()
+    handles = [ProcessSemaphore(1, name=name, crash_safe=crash_safe) for _ in range(30)]
+    calls: list[int] = []
+
+    def decorated(i: int) -> Any:
+        @throttle(handles[i])
+        async def work() -> None:
+            calls.append(i)
+
+        return work
+
+    functions = [decorated(i) for i in range(30)]
+    threads_before = waiter_threads()
+    child = hold_any(name, 1.5, crash_safe)  # every task must wait in the kernel
+    peak = 0
+    try:
+        with anyio.fail_after(30):
+            async with anyio.create_task_group() as tg:
+                for work in functions:
+                    tg.start_soon(work)
+                while len(calls) < 30:
+                    peak = max(peak, waiter_threads() - threads_before)
+                    await anyio.sleep(0.02)
+        assert sorted(calls) == list(range(30))
+        assert peak == 1
+        assert handles[0].value == 1
+    finally:
+        reap(child)
+        handles[0].unlink()
+        for handle in handles:
+            handle.close()
