@@ -24,25 +24,54 @@ import ctypes
 import errno
 import hashlib
 import secrets
-import time
 from collections.abc import Callable
 from typing import TypeVar
 
 import sysv_ipc
 
 from . import _libc
+from ._layout import (
+    ANONYMOUS_TAG,
+    ATTACH,
+    HALF_MADE_AGE,
+    IF_UNUSED,
+    LIMIT,
+    NSEMS,
+    NSEMS_SHARED,
+    PERMITS,
+    ROOM,
+    SIZES,
+    TAG_HI,
+    TAG_LO,
+    _layout,
+    describe_anonymous,
+    is_crash_safe,
+    nsems,
+    size,
+    sweep_anonymous,
+)
 from ._owner import NameConflictError, check_owner
 
-PERMITS, ATTACH, LIMIT, TAG_HI, TAG_LO, ROOM = range(6)
-#: Succeeds only while nobody is attached (a wait-for-zero that does not wait).
-IF_UNUSED = _libc.ops((ATTACH, 0, _libc.IPC_NOWAIT))
-#: The size of a crash-safe set, and of a ``crash_safe=False`` one (``ROOM`` added).
-NSEMS, NSEMS_SHARED = 5, 6
-SIZES = (NSEMS, NSEMS_SHARED)
-ANONYMOUS_TAG = (0, 0)
-#: A set whose limit is still 0 this long after its creation lost its creator: removable.
-HALF_MADE_AGE = 60.0
-
+__all__ = [
+    "ANONYMOUS_TAG",
+    "ATTACH",
+    "HALF_MADE_AGE",
+    "IF_UNUSED",
+    "LIMIT",
+    "NSEMS",
+    "NSEMS_SHARED",
+    "PERMITS",
+    "ROOM",
+    "SIZES",
+    "TAG_HI",
+    "TAG_LO",
+    "_layout",
+    "describe_anonymous",
+    "is_crash_safe",
+    "nsems",
+    "size",
+    "sweep_anonymous",
+]
 
 def tag(name: str) -> tuple[int, int]:
     digest = hashlib.blake2b(name.encode(), digest_size=4, person=b"procthrottle.tag").digest()
@@ -105,58 +134,6 @@ def check_access(key_: int, semid: int, what: str, mode: int) -> None:
     check_owner(what, uid=uid, cuid=cuid, gid=gid, object_mode=object_mode, mode=mode)
 
 
-def nsems(crash_safe: bool) -> int:
-    """The size of a semaphore set of this kernel."""
-    return NSEMS if crash_safe else NSEMS_SHARED
-
-
-def size(semid: int) -> int | None:
-    """How many semaphores the set has, if it is 5 or 6 (a semaphore of ours); else None."""
-    try:
-        _libc.getval(semid, NSEMS_SHARED)  # a seventh semaphore: not one of ours
-    except OSError as exc:
-        if exc.errno != errno.EINVAL:
-            raise
-    else:
-        return None
-    try:
-        _libc.getval(semid, NSEMS)
-    except OSError as exc:
-        if exc.errno != errno.EINVAL:
-            raise
-        _libc.getval(semid, 0)  # raises if the set is gone, rather than misjudge its size
-        found = _layout(semid)  # None (fewer than five), or five
-        return None if found is None else NSEMS
-    return NSEMS_SHARED
-
-
-def is_crash_safe(semid: int) -> bool | None:
-    """Which kernel the semaphore set belongs to (None: not one of ours)."""
-    found = size(semid)
-    return None if found is None else found == NSEMS
-
-
-def _layout(semid: int) -> tuple[tuple[int, int], int] | None:
-    """``(tag, limit)`` of a semaphore set of either kernel; None if it has another size."""
-    try:
-        _libc.getval(semid, NSEMS_SHARED)  # a seventh semaphore: not one of ours
-    except OSError as exc:
-        if exc.errno != errno.EINVAL:
-            raise
-    else:
-        return None
-    try:
-        # The limit first: the set-up semop writes limit and tag at once, so a nonzero limit
-        # means the tag read next is final (read the other way round, a set-up landing in
-        # between would pair a zero tag with a real limit).
-        limit = _libc.getval(semid, LIMIT)
-        return (_libc.getval(semid, TAG_HI), _libc.getval(semid, TAG_LO)), limit
-    except OSError as exc:
-        if exc.errno == errno.EINVAL and _libc.getval(semid, 0) >= 0:
-            return None  # fewer than five semaphores
-        raise
-
-
 def _create(key_: int, mode: int, nsems: int = NSEMS) -> int | None:
     return _libc.create_empty(key_, nsems, mode)
 
@@ -170,19 +147,6 @@ def create_anonymous(limit: int, crash_safe: bool = True) -> tuple[int, int]:
         if semid is not None:
             _libc.semop(semid, _init_ops(limit, ANONYMOUS_TAG, attach=True))
             return key_, semid
-
-
-def describe_anonymous(key_: int, semid: int, crash_safe: bool = True) -> int | None:
-    """The limit of the anonymous set ``semid`` of this kernel; None if it is not one."""
-    try:
-        found = _layout(semid)
-        if is_crash_safe(semid) is not crash_safe:
-            return None
-    except OSError:
-        return None
-    if found is None or found[0] != ANONYMOUS_TAG or found[1] == 0:
-        return None
-    return found[1]
 
 
 _T = TypeVar("_T")
@@ -432,36 +396,3 @@ def find_named(name: str, crash_safe: bool | None = None) -> tuple[int, int, int
     ):
         return None
     return key_, semid, found[1]
-
-
-_swept = False
-
-
-def sweep_anonymous() -> None:
-    """Remove this user's anonymous sets whose every user died (once per process, Linux).
-
-    The last user of an anonymous set removes it when it closes or exits normally; a SIGKILL
-    leaves the set behind with an attach count of 0. Any later process of the same user
-    removes such sets when it makes its first anonymous semaphore.
-    """
-    global _swept
-    if _swept:
-        return
-    _swept = True
-    now = time.time()
-    for info in _libc.own_sets():
-        if info.nsems not in SIZES:
-            continue
-        semid = info.semid
-        try:
-            found = _layout(semid)
-            if found is None or found[0] != ANONYMOUS_TAG:
-                continue
-            if found[1] == 0:
-                if now - info.ctime > HALF_MADE_AGE:
-                    _libc.remove(semid)
-            elif _libc.semop(semid, IF_UNUSED):  # nobody attached, checked atomically
-                _libc.remove(semid)
-        except OSError:
-            continue
-
