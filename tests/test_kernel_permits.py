@@ -241,6 +241,9 @@ def test_refused_release_n_changes_nothing() -> None:
     assert sem.acquire()
     with pytest.raises(ValueError, match="above limit=4"):
         sem.release(3)
+    for huge in (5, 40000, 2**40):  # beyond the limit, beyond a semop's short: refused at once
+        with pytest.raises(ValueError, match="above limit=4"):
+            sem.release(huge)
     assert sem.value == 2
     sem.release(2)
     assert sem.value == 4

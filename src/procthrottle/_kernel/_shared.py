@@ -122,21 +122,25 @@ class SharedSemaphore(SysVSemaphore):
         if n == 1:
             if _semop(self._cid, _GIVE_P, _TWO) == 0:
                 return
+        elif n > self._limit:  # can never fit (and would not fit a semop's short either)
+            self._refuse(n)
         else:
             operations = _give_ops(n)
             if _semop(self._cid, operations, _TWO) == 0:
                 return
         code = _get_errno()
         if code == errno.EAGAIN:
-            value = self.value
-            raise ValueError(
-                f"release(n={n}) would raise the value above limit={self._limit} "
-                f"(value is {value}); release only permits that were acquired"
-            )
+            self._refuse(n)
         if code == errno.EINTR:  # pragma: no cover - a non-blocking semop is not interrupted
             self.release(n)
             return
         self._fail(code)
+
+    def _refuse(self, n: int) -> NoReturn:
+        raise ValueError(
+            f"release(n={n}) would raise the value above limit={self._limit} "
+            f"(value is {self.value}); release only permits that were acquired"
+        )
 
     def _fail(self, code: int) -> NoReturn:
         error = OSError(code, os.strerror(code))
