@@ -96,7 +96,9 @@ class WaiterThread:
                 return True
             # every handle in the queue is one of the same kernel semaphore: wait through the
             # first task's (the others' close() does not concern it)
-            sem = self.queue[0].sem or self.sem
+            sem = self.queue[0].sem
+            if sem is None:
+                sem = self.sem
         try:
             # Fair: no timeout, so this thread keeps its place in the kernel's queue.
             # `acquire(True)`, block alone: every blocking semaphore takes it (threading.Lock
