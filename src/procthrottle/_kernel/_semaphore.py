@@ -203,7 +203,11 @@ class ProcessSemaphore(_HoldsPermits):
         raise NotImplementedError  # pragma: no cover
 
     def unlink(self) -> None:
-        """Remove the semaphore from the host, then close this handle."""
+        """Remove the semaphore from the host, then close this handle.
+
+        Other handles of it, in any process, raise `SemaphoreClosedError` at their next use
+        (both kernels). Opening the name again makes a new semaphore.
+        """
         raise NotImplementedError  # pragma: no cover
 
     # -- shared behaviour --------------------------------------------------------------------
