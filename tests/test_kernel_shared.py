@@ -25,7 +25,7 @@ pytestmark = pytest.mark.skipif(not os.path.isdir("/proc/sysvipc"), reason="Linu
 # -- 1. one name is one semaphore, whichever kernel its creators ask for --------------------------
 MIXED_CREATORS = """
     import multiprocessing as mp, sys, time
-    from procthrottle import ProcessSemaphore
+    from procthrottle import ProcessSemaphore, SemaphoreClosedError
     from procthrottle._kernel import _inventory
 
     def create(name, crash_safe, barrier, out):
@@ -36,12 +36,16 @@ MIXED_CREATORS = """
             out.put(("refused", type(exc).__name__))
             return
         held = []
-        for _ in range(3):
-            if sem.acquire(timeout=2):
-                start = time.monotonic()
-                time.sleep(0.02)
-                held.append((start, time.monotonic()))
-                sem.release()
+        try:
+            for _ in range(3):
+                if sem.acquire(timeout=2):
+                    start = time.monotonic()
+                    time.sleep(0.02)
+                    held.append((start, time.monotonic()))
+                    sem.release()
+        except SemaphoreClosedError as exc:  # the set it joined was removed under it
+            out.put(("lost", str(exc)))
+            return
         out.put(("held", held))
         sem.close()
 
@@ -58,6 +62,7 @@ MIXED_CREATORS = """
             results = [out.get(timeout=60) for _ in procs]
             for p in procs:
                 p.join(30)
+            assert all(kind != "lost" for kind, _ in results), results
             intervals = [i for kind, r in results if kind == "held" for i in r]
             assert intervals, results
             events = sorted([(s, 1) for s, _ in intervals] + [(e, -1) for _, e in intervals])
