@@ -34,7 +34,7 @@ class Snapshot:
 
 
 def leaked_since(before: Snapshot) -> list[str]:
-    from procthrottle._kernel import _libc, _naming, _posix
+    from procthrottle._kernel import _libc, _naming
 
     now = Snapshot.take()
     found: list[str] = []
@@ -42,8 +42,6 @@ def leaked_since(before: Snapshot) -> list[str]:
         named = _naming.find_named(name)
         if named is not None:
             found.append(f"System V set of name {name!r}: semid {named[1]}")
-        if _posix.exists(name):
-            found.append(f"POSIX semaphore of name {name!r}")
     me = os.getpid()
     mine = {info.semid for info in _libc.own_sets()}
     for semid in sorted(now.sets - before.sets):
@@ -56,7 +54,8 @@ def leaked_since(before: Snapshot) -> list[str]:
             last = _libc.getctl(semid, _naming.ATTACH, _libc.GETPID)
             if last != me and pid_alive(last):
                 continue  # a live process uses it: not ours
-            values = [_libc.getval(semid, i) for i in range(_naming.NSEMS)]
+            size = _naming.size(semid) or _naming.NSEMS
+            values = [_libc.getval(semid, i) for i in range(size)]
         except OSError:
             continue  # removed meanwhile, or not readable: not ours
         found.append(f"anonymous System V set {semid}: value/attached/limit/tag={values}")

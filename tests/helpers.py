@@ -43,7 +43,7 @@ def sysv_sets() -> set[int]:
     found = set()
     for info in _libc.listing():
         try:
-            if info.nsems == _naming.NSEMS:
+            if info.nsems in _naming.SIZES:
                 layout = _naming._layout(info.semid)
                 ours = layout is not None and layout[1] > 0
             else:

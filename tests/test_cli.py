@@ -378,20 +378,20 @@ def test_version_comes_from_the_installed_metadata() -> None:
     assert (out.returncode, out.stdout) == (0, f"procthrottle {version('procthrottle')}\n")
 
 
-def test_no_crash_safe_reaches_the_posix_kernel(name: str) -> None:
-    big = cli("run", "--name", name, "--limit", "40000", "--", "true")
-    assert big.returncode == 2
-    assert "--no-crash-safe" in big.stderr
-    no_traceback(big.stderr)
-    ran = cli("run", "--name", name, "--limit", "40000", "--no-crash-safe", "--", "true")
+def test_no_crash_safe_reaches_the_other_kernel(name: str) -> None:
+    for flags in ([], ["--no-crash-safe"]):  # both kernels stop at SEMVMX
+        big = cli("run", "--name", name, "--limit", "40000", *flags, "--", "true")
+        assert big.returncode == 2
+        assert "at most 32767" in big.stderr
+        no_traceback(big.stderr)
+    ran = cli("run", "--name", name, "--limit", "300", "--no-crash-safe", "--", "true")
     assert ran.returncode == 0, ran.stderr
-    status = cli("status", name, "--json")
-    assert json.loads(status.stdout) == {
-        "name": name, "crash_safe": False, "limit": 40000, "free": 40000, "held": 0,
-        "holders": None,
+    status = json.loads(cli("status", name, "--json").stdout)
+    assert {k: status[k] for k in ("name", "crash_safe", "limit", "free", "held")} == {
+        "name": name, "crash_safe": False, "limit": 300, "free": 300, "held": 0,
     }
     assert cli("status", name).stdout.strip().endswith("(not crash-safe)")
-    assert ProcessSemaphore(40000, name=name, crash_safe=False).value == 40000
+    assert ProcessSemaphore(300, name=name, crash_safe=False).value == 300
 
 
 def test_run_without_limit_joins_the_existing_name(name: str) -> None:
@@ -562,12 +562,10 @@ def test_list_shows_a_name_whose_creator_died_before_finishing_it(
     name: str, crash_safe: bool
 ) -> None:
     """The creator made the object and died; the next opener finished it: still listed."""
-    from procthrottle._kernel import _libc, _naming, _posix_names
+    from procthrottle._kernel import _libc, _naming
 
-    if crash_safe:
-        assert _libc.create_empty(_naming.key(name), _naming.NSEMS, 0o600) is not None
-    else:  # only the limit semaphore, as a creator killed right after it
-        _posix_names._create(_posix_names.os_names(name)[2], 2, 2, 0o600)
+    size = _naming.nsems(crash_safe)
+    assert _libc.create_empty(_naming.key(name), size, 0o600) is not None
     sem = ProcessSemaphore(2, name=name, crash_safe=crash_safe)
     assert sem.acquire(timeout=5)
     listed = json.loads(cli("list", "--json").stdout)

@@ -17,7 +17,7 @@ from _leaks import Snapshot, leaked_since
 from helpers import PYTHON, python_env, unique_name
 from kernel_attack import KINDS, run_child, sets_with_key
 from procthrottle import ProcessSemaphore
-from procthrottle._kernel import _libc, _naming, _posix
+from procthrottle._kernel import _libc, _naming
 
 pytestmark = pytest.mark.skipif(not os.path.isdir("/proc/sysvipc"), reason="Linux only")
 
@@ -179,7 +179,6 @@ def test_a_name_of_the_other_kernel_is_a_clear_error(first: bool) -> None:
     finally:
         sem.unlink()
     assert not _naming.exists(name)
-    assert not _posix.exists(name)
 
 
 @pytest.mark.parametrize("crash_safe", KINDS)
@@ -215,19 +214,24 @@ def test_half_made_sets_open_after_recovery_and_unlink() -> None:
     sem.unlink()
 
 
-def test_half_made_posix_names_open_after_recovery_and_unlink() -> None:
-    from _multiprocessing import SemLock
-
+def test_half_made_crash_safe_false_sets_open_after_recovery_and_unlink() -> None:
     name = unique_name()
-    limit_name = _posix.os_names(name)[2]
-    SemLock(1, 2, 2, limit_name, False)  # the creator died after its first sem_open
+    key = _naming.key(name)
+    assert _libc.create_empty(key, _naming.NSEMS_SHARED, 0o600) is not None  # creator died
+    with pytest.raises(FileNotFoundError, match="half-made"):
+        ProcessSemaphore.open(name, crash_safe=False)
+    with pytest.raises(ValueError, match="crash_safe=False"):  # a crash-safe creator: refused
+        ProcessSemaphore(2, name=name)
     start = time.monotonic()
-    sem = ProcessSemaphore.open(name, crash_safe=False)
+    sem = ProcessSemaphore(2, name=name, crash_safe=False)  # finished by the next creator
     assert time.monotonic() - start < 0.5
     assert (sem.limit, sem.value) == (2, 2)
     sem.unlink()
-    SemLock(1, 2, 2, limit_name, False)
-    assert _posix.unlink_named(name)
-    assert not _posix.exists(name)
+    assert _libc.create_empty(key, _naming.NSEMS_SHARED, 0o600) is not None
+    from procthrottle._kernel import _sysv
+
+    assert not _sysv.unlink_named(name, True)  # not the crash-safe kernel's
+    assert _sysv.unlink_named(name, False)
+    assert not _naming.exists(name)
 
 

@@ -201,27 +201,14 @@ WIDENED_RELEASE_RACE = """
     import multiprocessing as mp, time
     from procthrottle import ProcessSemaphore
 
-    class SlowRead:  # widens the window between reading the value and posting
-        def __init__(self, lock):
-            self.lock = lock
-        def _get_value(self):
-            value = self.lock._get_value()
-            time.sleep(0.3)
-            return value
-        def __getattr__(self, attr):
-            return getattr(self.lock, attr)
-
-    def slow(post):
-        def post_then_sleep():  # widens the window between two posts of one release(n)
-            post()
-            time.sleep(0.2)
-        return post_then_sleep
-
     def release(sem, barrier, out):
-        for attr in ("_release", "_free_release"):  # the kernel's post, before and after
-            if attr in vars(sem):
-                setattr(sem, attr, slow(getattr(sem, attr)))
-        sem._lock = SlowRead(sem._lock)
+        # both releases reach the kernel together: each one's semop checks and adds at once
+        from procthrottle._kernel import _shared
+        semop = _shared._semop
+        def late_semop(*args):
+            time.sleep(0.3)
+            return semop(*args)
+        _shared._semop = late_semop
         barrier.wait(10)
         try:
             sem.release(2)
@@ -254,6 +241,9 @@ def test_refused_release_n_changes_nothing() -> None:
     assert sem.acquire()
     with pytest.raises(ValueError, match="above limit=4"):
         sem.release(3)
+    for huge in (5, 40000, 2**40):  # beyond the limit, beyond a semop's short: refused at once
+        with pytest.raises(ValueError, match="above limit=4"):
+            sem.release(huge)
     assert sem.value == 2
     sem.release(2)
     assert sem.value == 4
@@ -268,25 +258,19 @@ def test_anonymous_objects_of_a_killed_creator_are_swept(crash_safe: bool) -> No
         import os, signal
         from procthrottle import ProcessSemaphore
         s = ProcessSemaphore(1, crash_safe={crash_safe})
-        print(s._semid if {crash_safe} else s._os_name, flush=True)
+        print(s._semid, flush=True)
         os.kill(os.getpid(), signal.SIGKILL)
     """
     left = run_child(code, returncode=-signal.SIGKILL).stdout.strip()
-    if crash_safe:
-        assert int(left) in {
-            int(line.split()[1]) for line in Path("/proc/sysvipc/sem").read_text().splitlines()[1:]
-        }
-    else:
-        assert Path(f"/dev/shm/sem.{left[1:]}").exists()
+    assert int(left) in {
+        int(line.split()[1]) for line in Path("/proc/sysvipc/sem").read_text().splitlines()[1:]
+    }
     run_child(
         "from procthrottle import ProcessSemaphore\n"
         f"ProcessSemaphore(1, crash_safe={crash_safe}).close()"
     )
-    if crash_safe:
-        assert int(left) not in {
-            int(line.split()[1]) for line in Path("/proc/sysvipc/sem").read_text().splitlines()[1:]
-        }
-    else:
-        assert not Path(f"/dev/shm/sem.{left[1:]}").exists()
+    assert int(left) not in {
+        int(line.split()[1]) for line in Path("/proc/sysvipc/sem").read_text().splitlines()[1:]
+    }
 
 

@@ -111,21 +111,21 @@ POSIX_CHILD = """
     import sys, time
     from pathlib import Path
     from procthrottle import ProcessSemaphore
-    from procthrottle._kernel import _posix_names
+    from procthrottle._kernel import _sysv
 
     name, flag, go = sys.argv[1:4]
-    original, paused = _posix_names._get, []
+    original, paused = _sysv.open_or_create_named, []
 
-    def get(os_name, *args, **kwargs):
-        result = original(os_name, *args, **kwargs)
-        if os_name == _posix_names.os_names(name)[0] and not paused:  # `free` opened
+    def found_then_wait(*args, **kwargs):
+        result = original(*args, **kwargs)
+        if not paused:  # the set is found, not yet attached
             paused.append(True)
             Path(flag).touch()
             while not Path(go).exists():
                 time.sleep(0.005)
         return result
 
-    _posix_names._get = get
+    _sysv.open_or_create_named = found_then_wait
     sem = ProcessSemaphore(1, name=name, crash_safe=False)
     assert sem.acquire(timeout=5)
     print(sem.value, flush=True)
@@ -136,10 +136,10 @@ POSIX_CHILD = """
 
 
 @pytest.mark.timeout(60)
-def test_posix_name_unlinked_and_made_anew_between_its_three_opens(tmp_path: Path) -> None:
-    """crash_safe=False opens ``free``, ``room`` and ``limit`` one by one: a name unlinked
-    and made anew in between must not leave the opener with semaphores of two generations
-    (its ``room`` would not match its ``free``, and a permit would go nowhere)."""
+def test_crash_safe_false_name_unlinked_and_made_anew_while_opening(tmp_path: Path) -> None:
+    """crash_safe=False: a name unlinked and made anew between finding its set and attaching
+    to it must leave the opener on the new set (one name is one semaphore), with its permit
+    accounted there."""
     name = unique_name()
     ProcessSemaphore(1, name=name, crash_safe=False).close()
     flag, go = tmp_path / "flag", tmp_path / "go"

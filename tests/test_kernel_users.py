@@ -9,7 +9,7 @@ import pytest
 from helpers import unique_name
 from kernel_attack import KINDS, as_user, sets_with_key
 from procthrottle import ProcessSemaphore
-from procthrottle._kernel import _inventory, _libc, _naming, _posix
+from procthrottle._kernel import _inventory, _libc, _naming
 
 pytestmark = pytest.mark.skipif(not os.path.isdir("/proc/sysvipc"), reason="Linux only")
 
@@ -41,23 +41,31 @@ def test_squatted_system_v_key_is_refused(other_user: int) -> None:
     assert len(semids) == 1
 
 
-def test_squatted_dev_shm_files_are_refused(other_user: int) -> None:
+def test_squatted_crash_safe_false_key_is_refused(other_user: int) -> None:
+    """The squatter made the name's set (crash_safe=False layout, shared with everyone):
+    a default-mode creator or opener is refused, whichever kernel it asks for."""
     name = unique_name()
+    key, hi_lo = _naming.key(name), _naming.tag(name)
     as_user(
         other_user,
         f"""
-        import os
-        from _multiprocessing import SemLock
-        for n in {_posix.os_names(name)!r}:
-            SemLock(1, 100, 100, n, False)
-            os.chmod("/dev/shm/sem." + n[1:], 0o666)
+        from procthrottle._kernel import _libc
+        semid = _libc.create_empty({key}, 6, 0o666)
+        values = ((0, 100, 0), (2, 1, 0), (3, {hi_lo[0]}, 0), (4, {hi_lo[1]}, 0))
+        _libc.semop(semid, _libc.ops(*values))
     """,
     )
     try:
-        with pytest.raises(PermissionError, match="owned by another user"):
-            ProcessSemaphore(1, name=name, crash_safe=False)
+        for crash_safe in (False, True):
+            with pytest.raises(PermissionError, match="owned by another user"):
+                ProcessSemaphore(1, name=name, crash_safe=crash_safe)
+            with pytest.raises(PermissionError, match="another user"):
+                ProcessSemaphore.open(name, crash_safe=crash_safe)
     finally:
-        assert _posix.unlink_named(name)
+        semids = sets_with_key(key)
+        for semid in semids:
+            _libc.remove(semid)
+    assert len(semids) == 1
 
 
 def test_sharing_is_opt_in_with_mode(other_user: int) -> None:
@@ -113,12 +121,9 @@ def test_named_objects_get_the_mode_asked_for(crash_safe: bool) -> None:
     name = unique_name()
     sem = ProcessSemaphore(1, name=name, crash_safe=crash_safe, mode=0o660)
     try:
-        if crash_safe:
-            (info,) = [i for i in _libc.listing() if i.semid == sem._semid]  # type: ignore[attr-defined]
-            assert info.mode & 0o777 == 0o660
-        else:
-            for os_name in _posix.os_names(name):
-                assert os.stat(f"/dev/shm/sem.{os_name[1:]}").st_mode & 0o777 == 0o660
+        (info,) = [i for i in _libc.listing() if i.semid == sem._semid]  # type: ignore[attr-defined]
+        assert info.mode & 0o777 == 0o660
+        assert info.nsems == _naming.nsems(crash_safe)
     finally:
         sem.unlink()
     with pytest.raises(ValueError, match="0o600"):

@@ -26,7 +26,7 @@ from _leaks import made_since
 from helpers import PYTHON, python_env, sysv_sets, unique_name
 from kernel_attack import as_user, run_child, sets_with_key
 from procthrottle import ProcessSemaphore, RateLimiter
-from procthrottle._kernel import _inventory, _libc, _naming, _posix
+from procthrottle._kernel import _inventory, _libc, _naming
 from procthrottle._kernel._owner import NameConflictError
 from procthrottle._rate import _store
 from procthrottle._rate._layout import Layout
@@ -325,7 +325,7 @@ def test_kinds_conflict_both_ways(crash_safe: bool, named: str) -> None:
     with pytest.raises(FileNotFoundError):
         ProcessSemaphore.open(named, crash_safe=crash_safe)
     assert not made_since(before)  # nothing made, nothing left
-    assert not _posix.exists(named)
+    assert _naming.kind_holding(named, exclude=_naming.RATE_LIMITER) is None
     assert limiter.acquire(block=False)  # untouched
     limiter.unlink()
 
@@ -363,7 +363,7 @@ KIND_RACE = """
             out.put((kind, "made"))
 
     if __name__ == "__main__":
-        from procthrottle._kernel import _inventory, _posix
+        from procthrottle._kernel import _inventory
         from procthrottle._rate import _store
         ctx = mp.get_context("fork")
         for round_ in range(int(sys.argv[1])):
@@ -382,8 +382,8 @@ KIND_RACE = """
             assert all(v in ("made", "NameConflictError") for v in results.values()), results
             exists = {
                 "rate": _store.find_named(name) is not None,
-                "sysv": _naming.find_named(name) is not None,
-                "posix": _posix.exists(name),
+                "sysv": _naming.find_named(name, True) is not None,
+                "posix": _naming.find_named(name, False) is not None,
             }
             assert [k for k, v in exists.items() if v] == made, (results, exists)
             _inventory.unlink_any(name)

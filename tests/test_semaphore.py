@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import pickle
-import stat
 import subprocess
 import textwrap
 import threading
@@ -17,7 +15,7 @@ import sysv_ipc
 import procthrottle
 from helpers import PYTHON, python_env, unique_name
 from procthrottle import ProcessSemaphore, SemaphoreClosedError
-from procthrottle._kernel import _posix, _sysv
+from procthrottle._kernel import _naming, _shared, _sysv
 from procthrottle._kernel._fallback import FallbackSemaphore
 
 KINDS = [pytest.param(True, id="crash_safe"), pytest.param(False, id="posix")]
@@ -159,15 +157,14 @@ def test_bad_constructor_arguments(kwargs: dict[str, object], exc: type, match: 
         ProcessSemaphore(**kwargs)  # type: ignore[arg-type]
 
 
-def test_limit_above_semvmx_is_refused_for_crash_safe() -> None:
+@pytest.mark.parametrize("crash_safe", [True, False])
+def test_limit_above_semvmx_is_refused(crash_safe: bool) -> None:
+    """Both kernels keep permits in a System V semaphore: SEMVMX (32767) is the largest."""
     with pytest.raises(ValueError, match="32767"):
-        ProcessSemaphore(32768)
-    sem = ProcessSemaphore(32767)
+        ProcessSemaphore(32768, crash_safe=crash_safe)
+    sem = ProcessSemaphore(32767, crash_safe=crash_safe)
     assert sem.value == 32767
     sem.close()
-    fast = ProcessSemaphore(40000, crash_safe=False)
-    assert fast.value == 40000
-    fast.close()
 
 
 def test_name_of_200_characters_is_accepted() -> None:
@@ -226,14 +223,9 @@ def test_names_are_independent(crash_safe: bool) -> None:
 
 def test_named_objects_are_owner_only(named: ProcessSemaphore, crash_safe: bool) -> None:
     assert named.name is not None
-    if crash_safe:
-        found = _sysv.find_named(named.name)
-        assert found is not None
-        assert sysv_ipc.Semaphore(found[0]).mode & 0o777 == 0o600
-    else:
-        for os_name in _posix.os_names(named.name):
-            path = f"/dev/shm/sem.{os_name[1:]}"
-            assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    found = _sysv.find_named(named.name, crash_safe)
+    assert found is not None
+    assert sysv_ipc.Semaphore(found[0]).mode & 0o777 == 0o600
 
 
 def test_anonymous_objects_are_owner_only() -> None:
@@ -247,14 +239,9 @@ def test_unlink_removes_named_and_other_handles_raise(named: ProcessSemaphore) -
     assert named.name is not None
     other = ProcessSemaphore(2, name=named.name, crash_safe=named.crash_safe)
     named.unlink()
-    if named.crash_safe:
-        assert _sysv.find_named(named.name) is None
-        with pytest.raises(SemaphoreClosedError, match="unlinked"):
-            other.acquire()
-    else:  # POSIX: open handles keep working until closed
-        assert _posix.find_named(named.name) is None
-        assert other.acquire()
-        other.release()
+    assert _sysv.find_named(named.name) is None
+    with pytest.raises(SemaphoreClosedError, match="unlinked"):  # both kernels
+        other.acquire()
     other.close()
     with pytest.raises(SemaphoreClosedError):
         named.acquire()
@@ -310,13 +297,14 @@ def test_garbage_collected_handle_detaches() -> None:
     sem.close()
 
 
-def test_posix_anonymous_name_removed_on_close() -> None:
+def test_crash_safe_false_anonymous_set_removed_on_close() -> None:
     sem = ProcessSemaphore(1, crash_safe=False)
-    assert isinstance(sem, _posix.PosixSemaphore)
-    path = f"/dev/shm/sem.{sem._os_name[1:]}"
-    assert os.path.exists(path)
+    assert isinstance(sem, _shared.SharedSemaphore)
+    semid = sem._semid
+    assert _naming.size(semid) == _naming.NSEMS_SHARED
     sem.close()
-    assert not os.path.exists(path)
+    with pytest.raises(OSError):
+        _naming.size(semid)
 
 
 def test_nan_timeout_is_refused() -> None:

@@ -1,8 +1,11 @@
 """The machinery behind `AsyncSemaphore`: a local gate and one shared waiter thread.
 
-There is one `Core` per wrapped semaphore object per process, shared by every `AsyncSemaphore`
-and every ``@throttle`` decoration over it (`core_for`), so however many adapters exist, one
-thread at most waits in the kernel for this process.
+There is one `Core` per kernel semaphore per process, shared by every `AsyncSemaphore` and
+every ``@throttle`` decoration over it (`core_for`), whichever handle object each wraps (30
+``ProcessSemaphore(1, name=N)`` objects are one kernel semaphore), so however many adapters
+exist, one thread at most waits in the kernel for this process. Each task calls the kernel
+through its own adapter's handle; the waiter thread waits through the handle of the first task
+in its queue, and a handle's ``close()`` fails only the tasks that came through it.
 
 * **The gate**: ``limit`` slots (tokens in a list: ``list.pop``/``append`` are atomic, so the
   fast path takes no lock) and a FIFO of tasks waiting for one.
@@ -26,6 +29,7 @@ import os
 import threading
 import weakref
 from collections import deque
+from collections.abc import Hashable
 from typing import Any, SupportsIndex
 
 import anyio
@@ -108,8 +112,10 @@ class Core(WaiterThread):
                 self._forget(waiter)
                 slots.append(None)
 
-    def release(self) -> None:
-        """Give back a permit and its slot (`AsyncSemaphore.release`)."""
+    def release(self, sem: Any = None) -> None:
+        """Give back a permit and its slot (`AsyncSemaphore.release`, through its ``sem``)."""
+        if sem is None:
+            sem = self.sem
         held = self.held
         try:
             held.pop()
@@ -122,9 +128,9 @@ class Core(WaiterThread):
                 return
         try:
             if self.fast:
-                self.kernel_release()
+                sem.release()
             else:
-                self.release_permit()
+                self.release_permit(sem)
         except SemaphoreClosedError:
             # Closed or unlinked: the permit went with the handle, but its slot goes on, so
             # that the tasks waiting at the gate reach the kernel and hear the same error.
@@ -159,11 +165,14 @@ class Core(WaiterThread):
                 return True
             self._forget(waiter)  # its loop is closed: try the next task
 
-    async def acquire_slow(self, slot: bool) -> int:
-        """The slow path of acquire: a slot (unless ``slot``), then a kernel permit.
+    async def acquire_slow(self, slot: bool, sem: Any = None) -> int:
+        """The slow path of acquire: a slot (unless ``slot``), then a kernel permit through
+        ``sem`` (the adapter's handle).
 
         Returns 1 (acquired without yielding) or 2 (acquired after waiting).
         """
+        if sem is None:
+            sem = self.sem
         waited = False
         if not slot:
             waiter = None
@@ -193,7 +202,7 @@ class Core(WaiterThread):
                     if self.withdraw(waiter, True) == GRANTED:  # granted as we were cancelled
                         if waiter.permit:  # a permit, handed over: it is ours to pass on
                             self.held.append(None)
-                            self.release()
+                            self.release(sem)
                         else:
                             self.return_slot()
                     raise
@@ -202,8 +211,8 @@ class Core(WaiterThread):
                     return 2
                 waited = True
         try:
-            if not (self.fast and self.try_acquire(False)):
-                await self.wait_for_kernel()
+            if not (self.fast and sem.acquire(False)):
+                await self.wait_for_kernel(sem)
                 waited = True
         except BaseException:
             self.return_slot()
@@ -211,9 +220,10 @@ class Core(WaiterThread):
         self.held.append(None)
         return 2 if waited else 1
 
-    async def wait_for_kernel(self) -> None:
+    async def wait_for_kernel(self, sem: Any) -> None:
         """Queue up for a kernel permit from the waiter thread."""
         waiter = new_waiter()
+        waiter.sem = sem
         with self.lock:
             self.queue.append(waiter)
             try:
@@ -225,7 +235,7 @@ class Core(WaiterThread):
             await waiter.wait()
         except BaseException:
             if self.withdraw(waiter, False) == GRANTED:
-                self.release_permit()  # granted as we were cancelled: pass it on
+                self.release_permit(sem)  # granted as we were cancelled: pass it on
             raise
         if waiter.state == FAILED:
             waiter.raise_error()
@@ -256,10 +266,10 @@ class Core(WaiterThread):
                     self.queue_gone = 0
             return WAITING
 
-    def release_permit(self) -> None:
+    def release_permit(self, sem: Any = None) -> None:
         """Return one kernel permit: here, or through the thread for an offloaded semaphore."""
         if self.fast:
-            self.kernel_release()
+            (self.sem if sem is None else sem).release()
             return
         with self.lock:
             self.releases += 1
@@ -270,49 +280,61 @@ class Core(WaiterThread):
                 self.releases -= 1
         self.kernel_release()  # no thread to be had: better late on this thread than never
 
-    async def wait(self, slot: bool, timeout: float | None) -> int:
+    async def wait(self, slot: bool, timeout: float | None, sem: Any = None) -> int:
         """`acquire_slow` within ``timeout``; 0 if it passed first."""
         if timeout is None:
-            return await self.acquire_slow(slot)
+            return await self.acquire_slow(slot, sem)
         if timeout <= 0:
             if slot:
                 self.return_slot()
             return 0
         with anyio.move_on_after(timeout):
-            return await self.acquire_slow(slot)
+            return await self.acquire_slow(slot, sem)
         return 0  # timed out (the caller's own cancellation propagates instead)
 
 
-def _closed(key: int) -> None:
-    """The semaphore was closed in this process: its tasks in the kernel queue hear it now.
+def _closed(key: Hashable, sem_ref: weakref.ref[Any]) -> None:
+    """A handle was closed in this process: its tasks in the kernel queue hear it now.
 
     The waiter thread may stay blocked in the kernel until a permit comes (it gives that back
-    at once); the tasks need not wait for that.
+    at once); the tasks need not wait for that. Tasks that came through other handles of the
+    same kernel semaphore carry on.
     """
-    core = _cores.get(key)  # the semaphore is alive (it is closing): its id is still its own
-    if core is not None:
-        core._fail(SemaphoreClosedError("the semaphore was closed in this process"))
+    core = _cores.get(key)
+    sem = sem_ref()
+    if core is not None and sem is not None:
+        core._fail(SemaphoreClosedError("the semaphore was closed in this process"), sem)
 
 
-# By id(): a core holds its semaphore, so the id cannot be reused while the core lives, and
-# the core lives as long as an adapter (or its thread) uses it.
-_cores: weakref.WeakValueDictionary[int, Core] = weakref.WeakValueDictionary()
+def _identity(sem: Any) -> Hashable:
+    """What makes two handles one kernel semaphore: a System V set's id, else the object."""
+    semid = getattr(sem, "_semid", None)
+    if isinstance(sem, ProcessSemaphore) and isinstance(semid, int):
+        return ("sysv", semid)
+    return ("object", id(sem))
+
+
+# By kernel identity (or id(): a core holds its first semaphore, so that id cannot be reused
+# while the core lives); the core lives as long as an adapter (or its thread) uses it.
+_cores: weakref.WeakValueDictionary[Hashable, Core] = weakref.WeakValueDictionary()
 _cores_lock = threading.Lock()
 #: Semaphores whose close() the cores listen for: once each, however many cores come and go.
 _listening: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
 def core_for(sem: Any, limit: int | None) -> Core:
-    """The one core of ``sem`` in this process, shared by every adapter over it."""
+    """The one core of ``sem``'s kernel semaphore in this process, shared by every adapter
+    over it (through this handle or another of the same semaphore)."""
     with _cores_lock:
-        core = _cores.get(id(sem))
+        key = _identity(sem)
+        core = _cores.get(key)
         if core is None:
             offload = bool(getattr(sem, "_procthrottle_offload", False))
-            core = _cores[id(sem)] = Core(sem, limit, offload=offload)
-            # a task waiting in the kernel queue must not outwait a close()
-            if isinstance(sem, ProcessSemaphore) and sem not in _listening:
-                _listening.add(sem)
-                on_close(sem, functools.partial(_closed, id(sem)))
+            core = _cores[key] = Core(sem, limit, offload=offload)
+        # a task waiting in the kernel queue must not outwait its handle's close()
+        if isinstance(sem, ProcessSemaphore) and sem not in _listening:
+            _listening.add(sem)
+            on_close(sem, functools.partial(_closed, key, weakref.ref(sem)))
         return core
 
 

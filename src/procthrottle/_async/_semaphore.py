@@ -150,18 +150,18 @@ class AsyncSemaphore:
                 pass
             else:
                 try:
-                    if core.try_acquire(False):
+                    if self._sem.acquire(False):
                         core.held.append(None)
                         return True
                 except BaseException:
                     core.return_slot()
                     raise
                 if timeout is None:
-                    return await core.acquire_slow(True) > 0
-                return await core.wait(True, timeout) > 0
+                    return await core.acquire_slow(True, self._sem) > 0
+                return await core.wait(True, timeout, self._sem) > 0
         if timeout is None:
-            return await core.acquire_slow(False) > 0
-        return await core.wait(False, timeout) > 0
+            return await core.acquire_slow(False, self._sem) > 0
+        return await core.wait(False, timeout, self._sem) > 0
 
     async def _acquire_on_trio(self, timeout: float | None) -> bool:
         lowlevel = sys.modules["trio"].lowlevel
@@ -176,7 +176,7 @@ class AsyncSemaphore:
                 pass
             else:
                 try:
-                    got = core.try_acquire(False)
+                    got = self._sem.acquire(False)
                 except BaseException:
                     core.return_slot()
                     raise
@@ -184,7 +184,7 @@ class AsyncSemaphore:
                     core.held.append(None)
                     await lowlevel.cancel_shielded_checkpoint()
                     return True
-        outcome = await core.wait(slot, timeout)
+        outcome = await core.wait(slot, timeout, self._sem)
         if outcome < 2:
             await lowlevel.cancel_shielded_checkpoint()  # it did not yield
         return outcome > 0
@@ -200,7 +200,7 @@ class AsyncSemaphore:
                 holds none (what the wrapped semaphore's ``release`` raises).
             SemaphoreClosedError: The wrapped semaphore was closed or unlinked.
         """
-        self._core.release()
+        self._core.release(self._sem)
 
     async def __aenter__(self) -> Self:
         await self.acquire()

@@ -94,13 +94,18 @@ class WaiterThread:
         with self.lock:
             if not self.queue:
                 return True
+            # every handle in the queue is one of the same kernel semaphore: wait through the
+            # first task's (the others' close() does not concern it)
+            sem = self.queue[0].sem
+            if sem is None:
+                sem = self.sem
         try:
             # Fair: no timeout, so this thread keeps its place in the kernel's queue.
             # `acquire(True)`, block alone: every blocking semaphore takes it (threading.Lock
             # refuses timeout=None), and it waits as long as it takes
-            got = self.try_acquire(True) if self.fast else self.try_acquire(False)
+            got = sem.acquire(True) if self.fast else self.try_acquire(False)
         except BaseException as exc:
-            self._fail(exc)
+            self._fail(exc, sem)
             return True
         if not got:  # an offloaded semaphore is busy: poll again soon
             with self.lock:
@@ -109,10 +114,10 @@ class WaiterThread:
             self.poll_delay = min(self.poll_delay * 1.5, MAX_POLL)
             return True
         self.poll_delay = 0.001
-        self._grant()
+        self._grant(sem)
         return True
 
-    def _grant(self) -> None:
+    def _grant(self, sem: Any) -> None:
         """Hand the permit the thread got to the first task still waiting, or give it back."""
         while True:
             with self.lock:
@@ -121,7 +126,7 @@ class WaiterThread:
                     waiter.state = GRANTED
             if waiter is None:  # everyone left meanwhile: hand it back
                 try:
-                    self.kernel_release()
+                    sem.release() if self.fast else self.kernel_release()
                 except Exception as exc:
                     log.warning("could not release a permit of %r: %s", self.sem, exc)
                 return
@@ -132,12 +137,19 @@ class WaiterThread:
             self._forget(waiter)
             self.return_slot()
 
-    def _fail(self, exc: BaseException) -> None:
-        """Deliver the thread's error to every task waiting for a permit."""
+    def _fail(self, exc: BaseException, sem: Any = None) -> None:
+        """Deliver the thread's error to every task waiting for a permit (``sem``: only to
+        those that came through that handle, whose error it is)."""
         with self.lock:
-            failed = [w for w in self.queue if w.state == WAITING]
-            self.queue.clear()
-            self.queue_gone = 0
+            failed = [
+                w for w in self.queue if w.state == WAITING and (sem is None or w.sem is sem)
+            ]
+            if sem is None:
+                self.queue.clear()
+                self.queue_gone = 0
+            else:
+                self.queue = deque(w for w in self.queue if w.state == WAITING and w.sem is not sem)
+                self.queue_gone = 0
             for waiter in failed:
                 waiter.state = FAILED
                 waiter.error = exc

@@ -37,17 +37,21 @@ class Waiter:
     can never both win.
     """
 
-    __slots__ = ("error", "permit", "state", "thread")
+    __slots__ = ("error", "permit", "sem", "state", "thread")
 
     error: BaseException | None
     #: Granted a slot *with* a kernel permit (handed over by a release): no kernel call to make.
     permit: bool
+    #: The handle this task came through (kernel queue only): the waiter thread may wait on
+    #: it, and only its close() fails this task.
+    sem: Any
 
     def __init__(self) -> None:
         self.state = WAITING
         self.thread = threading.get_ident()
         self.error = None
         self.permit = False
+        self.sem = None
 
     def wait(self) -> Awaitable[Any]:
         raise NotImplementedError  # pragma: no cover

@@ -178,7 +178,7 @@ def _as_dict(info: NamedInfo) -> dict[str, object]:
         "name": info.name, "crash_safe": info.crash_safe, "limit": info.limit,
         "free": info.value, "held": info.held,
     }
-    if info.crash_safe:
+    if info.attached is not None:
         found |= {"processes_attached": info.attached, "waiting": info.waiting,
                   "last_pid": info.last_pid}
     return found | {"holders": None}

@@ -35,10 +35,10 @@ def open_semaphore(name: str, limit: int | None, *, crash_safe: bool) -> Process
     line's own words: which option to leave out or add.
     """
     kind = "" if crash_safe else " (--no-crash-safe)"
-    if limit is not None and crash_safe and limit > MAX_LIMIT:
+    if limit is not None and limit > MAX_LIMIT:
         raise CliError(
-            f"--limit {limit} is too large for a crash-safe semaphore (at most {MAX_LIMIT}); "
-            "--no-crash-safe allows up to 2147483647",
+            f"--limit {limit} is too large: a semaphore allows at most {MAX_LIMIT} permits "
+            "(the kernel's largest semaphore value, with or without --no-crash-safe)",
             EXIT_USAGE,
         )
     try:

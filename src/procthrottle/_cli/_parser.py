@@ -145,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--limit", type=_limit, metavar="K",
         help="permits, when the name is created; leave out to join an existing name "
-        f"(crash-safe names allow at most {MAX_LIMIT})",
+        f"(at most {MAX_LIMIT})",
     )
     run.add_argument("--rate", type=_rate, metavar="R",
                      help="also start at most R commands per unit of time: 10/s, 600/min, 5000/h")
@@ -159,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="exit with CODE instead of 124 when no permit came in time")
     run.add_argument(
         "--no-crash-safe", dest="crash_safe", action="store_false",
-        help="use the POSIX kernel: faster, any limit up to 2**31-1, but a permit held by a "
+        help="no undo: a permit may be released by another process, but a permit held by a "
         "killed procthrottle is lost",
     )
     run.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]")

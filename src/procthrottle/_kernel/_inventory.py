@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from . import _libc, _naming, _posix, _posix_names, _registry
+from . import _libc, _naming, _registry
 
 
 @dataclass(frozen=True)
@@ -18,14 +18,14 @@ class NamedInfo:
 
     Attributes:
         name: Its name.
-        crash_safe: True for the System V kernel, False for the POSIX one.
+        crash_safe: Which kernel (both keep a System V set; crash_safe=False has no undo).
         limit: Its limit (0: half-made, its creator died before finishing it).
         value: Free permits now.
         held: Permits taken (`limit - value`).
-        attached: Processes with the set open (System V only, else None).
-        waiting: Threads blocked waiting for a permit (System V only, else None).
-        last_pid: The last process that took, returned or waited for a permit (System V
-            only, else None); the OS does not say who holds permits.
+        attached: Handles with the set open, across processes (None where unknown).
+        waiting: Threads blocked waiting for a permit (None where unknown).
+        last_pid: The last process that took, returned or waited for a permit (None where
+            unknown); the OS does not say who holds permits.
     """
 
     name: str
@@ -63,16 +63,17 @@ class RateInfo:
 def named_info(name: str, *, crash_safe: bool | None = None) -> list[NamedInfo]:
     """The semaphores called ``name`` (one per kernel that has it; ``crash_safe`` picks one)."""
     found: list[NamedInfo] = []
-    if crash_safe is not False:
-        sysv = _naming.find_named(name)
-        if sysv is not None:
-            _, semid, limit = sysv
-            try:
-                value = _libc.getval(semid, _naming.PERMITS)
+    sysv = _naming.find_named(name, crash_safe)
+    if sysv is not None:
+        _, semid, limit = sysv
+        try:
+            kind = _naming.is_crash_safe(semid)
+            value = _libc.getval(semid, _naming.PERMITS)
+            if kind is not None:
                 found.append(
                     NamedInfo(
                         name,
-                        True,
+                        kind,
                         limit,
                         value,
                         max(0, limit - value),
@@ -81,21 +82,16 @@ def named_info(name: str, *, crash_safe: bool | None = None) -> list[NamedInfo]:
                         last_pid=_libc.getctl(semid, _naming.PERMITS, _libc.GETPID) or None,
                     )
                 )
-            except OSError:
-                pass  # removed meanwhile
-    if crash_safe is not True:
-        posix = _posix.find_named(name)
-        if posix is not None:
-            limit, value = posix
-            found.append(NamedInfo(name, False, limit, value, max(0, limit - value)))
+        except OSError:
+            pass  # removed meanwhile
     return found
 
 
 def list_named() -> list[NamedInfo]:
     """This user's named semaphores of both kernels that still exist, sorted by name."""
     found: list[NamedInfo] = []
-    for name, crash_safe in _registry.entries():
-        found.extend(named_info(name, crash_safe=crash_safe))
+    for name in sorted({name for name, _ in _registry.entries()}):
+        found.extend(named_info(name))  # the set says which kernel, whatever the entry
     return found
 
 
@@ -112,32 +108,20 @@ def unlink_any(name: str, *, crash_safe: bool | None = None) -> bool:
         from .._rate import _store
 
         removed = _store.unlink_named(name)
-    if crash_safe is not False:
-        removed = _sysv.unlink_named(name) or removed
-    if crash_safe is not True:
-        removed = _posix.unlink_named(name) or removed
-    return removed
+    return _sysv.unlink_named(name, crash_safe) or removed
 
 
 def owner_of(name: str) -> int | None:
     """The uid of another user owning a semaphore or rate limiter of this name, if one does.
 
     `status`, `list` and `unlink` see only this user's objects; this tells the CLI why a
-    name it cannot see still exists (Linux: from ``/proc`` and ``/dev/shm``).
+    name it cannot see still exists (Linux: from ``/proc``).
     """
     me = os.geteuid()
     keys = {_naming.key(name), _naming.rate_key(name)}
     for info in _libc.listing():
         if info.key in keys and info.uid != me:
             return info.uid
-    for os_name in _posix.os_names(name):
-        path = _posix_names._path(os_name)
-        try:
-            uid = os.stat(path).st_uid if path is not None else me
-        except OSError:
-            continue
-        if uid != me:
-            return uid
     return None
 
 

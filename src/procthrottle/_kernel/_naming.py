@@ -6,6 +6,12 @@ gets its limit and tag from one ``semop`` that applies only while the limit is s
 *any* opener may perform. So a creator that stalls or dies after ``semget`` delays nobody: the
 next opener finishes the set itself, atomically, and every creator then reads the same limit.
 
+Both semaphore kernels live here, at the same key: a crash-safe set has five semaphores, a
+``crash_safe=False`` set six (the sixth, ``ROOM``, bounds releases: see ``_shared``). The size
+is fixed by the one ``semget`` that made the set, so two creators of different kernels can never
+both win a name, and an opener of the other kernel gets a clear error instead of a second
+semaphore.
+
 Rate limiters (``procthrottle._rate._store``) make their sets through the same `claim` in a key
 space of their own (`rate_key`), and one name is one kind: `kind_holding` tells which kind
 already holds a name, and every creator checks it again once its set exists, so two racing
@@ -18,23 +24,54 @@ import ctypes
 import errno
 import hashlib
 import secrets
-import time
 from collections.abc import Callable
 from typing import TypeVar
 
 import sysv_ipc
 
 from . import _libc
+from ._layout import (
+    ANONYMOUS_TAG,
+    ATTACH,
+    HALF_MADE_AGE,
+    IF_UNUSED,
+    LIMIT,
+    NSEMS,
+    NSEMS_SHARED,
+    PERMITS,
+    ROOM,
+    SIZES,
+    TAG_HI,
+    TAG_LO,
+    _layout,
+    describe_anonymous,
+    is_crash_safe,
+    nsems,
+    size,
+    sweep_anonymous,
+)
 from ._owner import NameConflictError, check_owner
 
-PERMITS, ATTACH, LIMIT, TAG_HI, TAG_LO = range(5)
-#: Succeeds only while nobody is attached (a wait-for-zero that does not wait).
-IF_UNUSED = _libc.ops((ATTACH, 0, _libc.IPC_NOWAIT))
-NSEMS = 5
-ANONYMOUS_TAG = (0, 0)
-#: A set whose limit is still 0 this long after its creation lost its creator: removable.
-HALF_MADE_AGE = 60.0
-
+__all__ = [
+    "ANONYMOUS_TAG",
+    "ATTACH",
+    "HALF_MADE_AGE",
+    "IF_UNUSED",
+    "LIMIT",
+    "NSEMS",
+    "NSEMS_SHARED",
+    "PERMITS",
+    "ROOM",
+    "SIZES",
+    "TAG_HI",
+    "TAG_LO",
+    "_layout",
+    "describe_anonymous",
+    "is_crash_safe",
+    "nsems",
+    "size",
+    "sweep_anonymous",
+]
 
 def tag(name: str) -> tuple[int, int]:
     digest = hashlib.blake2b(name.encode(), digest_size=4, person=b"procthrottle.tag").digest()
@@ -97,51 +134,19 @@ def check_access(key_: int, semid: int, what: str, mode: int) -> None:
     check_owner(what, uid=uid, cuid=cuid, gid=gid, object_mode=object_mode, mode=mode)
 
 
-def _layout(semid: int) -> tuple[tuple[int, int], int] | None:
-    """``(tag, limit)`` of a five-semaphore set; None if it has another size."""
-    try:
-        _libc.getval(semid, NSEMS)  # a sixth semaphore: not one of ours
-    except OSError as exc:
-        if exc.errno != errno.EINVAL:
-            raise
-    else:
-        return None
-    try:
-        # The limit first: the set-up semop writes limit and tag at once, so a nonzero limit
-        # means the tag read next is final (read the other way round, a set-up landing in
-        # between would pair a zero tag with a real limit).
-        limit = _libc.getval(semid, LIMIT)
-        return (_libc.getval(semid, TAG_HI), _libc.getval(semid, TAG_LO)), limit
-    except OSError as exc:
-        if exc.errno == errno.EINVAL and _libc.getval(semid, 0) >= 0:
-            return None  # fewer than five semaphores
-        raise
-
-
 def _create(key_: int, mode: int, nsems: int = NSEMS) -> int | None:
     return _libc.create_empty(key_, nsems, mode)
 
 
-def create_anonymous(limit: int) -> tuple[int, int]:
+def create_anonymous(limit: int, crash_safe: bool = True) -> tuple[int, int]:
     """A new owner-only anonymous set, initialised and attached to by this process."""
     sweep_anonymous()
     while True:
         key_ = secrets.randbelow(0x7FFFFFFE) + 1
-        semid = _create(key_, 0o600)
+        semid = _create(key_, 0o600, nsems(crash_safe))
         if semid is not None:
             _libc.semop(semid, _init_ops(limit, ANONYMOUS_TAG, attach=True))
             return key_, semid
-
-
-def describe_anonymous(key_: int, semid: int) -> int | None:
-    """The limit of the anonymous set ``semid``; None if it is not one."""
-    try:
-        found = _layout(semid)
-    except OSError:
-        return None
-    if found is None or found[0] != ANONYMOUS_TAG or found[1] == 0:
-        return None
-    return found[1]
 
 
 _T = TypeVar("_T")
@@ -198,15 +203,20 @@ def foreign_key(what: str, key_: int, holder: str) -> NameConflictError:
     )
 
 
-def open_or_create_named(name: str, limit: int | None, mode: int) -> tuple[int, int, int, bool]:
+def open_or_create_named(
+    name: str, limit: int | None, mode: int, crash_safe: bool = True
+) -> tuple[int, int, int, bool]:
     """``(key, semid, limit, created)`` of the named set; ``limit=None`` only opens.
+
+    Both kernels use the one key of the name; the set's size says which kernel made it, and
+    the other kernel is refused before it touches the set (even a half-made one).
 
     Raises ValueError for another limit, PermissionError for another user's set,
     NameConflictError for another kernel, kind or program, FileNotFoundError (only opening).
     """
     from . import _registry
 
-    what = f"semaphore {name!r}"
+    what = f"semaphore {name!r}" if crash_safe else f"semaphore {name!r} (crash_safe=False)"
     key_, the_tag = key(name), tag(name)
     if limit is not None:
         refuse_other_kind(name, "semaphore")
@@ -215,6 +225,12 @@ def open_or_create_named(name: str, limit: int | None, mode: int) -> tuple[int, 
 
     def settle(semid: int, created: bool) -> tuple[tuple[int, int], int] | None:
         nonlocal finished
+        if not created:
+            kind = is_crash_safe(semid)
+            if kind is not None and kind is not crash_safe:
+                if limit is None:
+                    raise _not_found(name, crash_safe=crash_safe)
+                raise _other_kernel(name, crash_safe=kind)
         found = None if created else _layout(semid)
         if limit is not None and (created or (found is not None and found[1] == 0)):
             # finishes a half-made set (ours, or a dead or stalled creator's); a no-op if
@@ -224,29 +240,30 @@ def open_or_create_named(name: str, limit: int | None, mode: int) -> tuple[int, 
         return found
 
     semid, found, created = claim(
-        key_, what, mode, None if limit is None else NSEMS, settle, lambda: _not_found(name)
+        key_,
+        what,
+        mode,
+        None if limit is None else nsems(crash_safe),
+        settle,
+        lambda: _not_found(name, crash_safe=crash_safe),
     )
     if found is None or (found[0] != the_tag and found[1] != 0):  # not ours
         holder = "a set of another program" if found is None else "another semaphore name"
         raise foreign_key(what, key_, holder)
     existing = found[1]
     if existing == 0:  # opening without a limit a set whose creator has not finished
-        raise _not_found(name, half_made=True)
+        raise _not_found(name, half_made=True, crash_safe=crash_safe)
     if limit is not None and existing != limit:
         raise ValueError(
             f"{what} already exists with limit={existing}, not {limit}; open it with "
             f"limit={existing} (or ProcessSemaphore.open({name!r})), or unlink it first "
             f"(`procthrottle unlink {name}`)"
         )
-    if created:
-        other = kind_holding(name, exclude="crash-safe semaphore")
-        if other is not None:  # a creator of another kind raced us: neither wins
-            _libc.remove(semid)
-            if other == RATE_LIMITER:
-                raise kind_conflict(name, "semaphore", other)
-            raise _other_kernel(name, crash_safe=False)
+    if created and _exists_at(rate_key(name)):  # a rate limiter's creator raced us: neither wins
+        _libc.remove(semid)
+        raise kind_conflict(name, "semaphore", RATE_LIMITER)
     if created or finished:  # listed by `procthrottle list`, even if its creator died
-        _registry.add(name, True)
+        _registry.add(name, crash_safe)
     return key_, semid, existing, created
 
 
@@ -256,6 +273,19 @@ CRASH_SAFE, POSIX, RATE_LIMITER = (
     "crash_safe=False semaphore",
     "rate limiter",
 )
+
+
+def _semaphore_kind(name: str) -> str | None:
+    """`CRASH_SAFE` or `POSIX` if a semaphore set (half-made too) has the name's key."""
+    try:
+        semid = _libc.lookup(key(name))
+        if semid is None:
+            return None
+        return POSIX if is_crash_safe(semid) is False else CRASH_SAFE
+    except OSError as exc:
+        if exc.errno in _libc.GONE:
+            return None
+        return CRASH_SAFE  # pragma: no cover - cannot tell: the name is taken, say so
 
 
 def _exists_at(key_: int) -> bool:
@@ -270,12 +300,9 @@ def kind_holding(name: str, *, exclude: str | None = None) -> str | None:
 
     Half-made objects count: their name is taken. ``exclude`` skips the caller's own kind.
     """
-    from . import _posix
-
-    if exclude != CRASH_SAFE and _exists_at(key(name)):
-        return CRASH_SAFE
-    if exclude != POSIX and _posix.exists(name):
-        return POSIX
+    semaphore = _semaphore_kind(name)
+    if semaphore is not None and semaphore != exclude:
+        return semaphore
     if exclude != RATE_LIMITER and _exists_at(rate_key(name)):
         return RATE_LIMITER
     return None
@@ -310,29 +337,31 @@ def _lookup(key_: int) -> int | None:
         ) from None
 
 
-def _not_found(name: str, *, half_made: bool = False) -> FileNotFoundError:
-    from . import _posix
-
+def _not_found(
+    name: str, *, half_made: bool = False, crash_safe: bool = True
+) -> FileNotFoundError:
+    flag = "" if crash_safe else ", crash_safe=False"
     if half_made:
         return FileNotFoundError(
             f"semaphore {name!r} is half-made (its creator stopped before giving it a limit); "
-            f"create it with ProcessSemaphore(limit, name={name!r}), which finishes it, or "
-            f"remove it with `procthrottle unlink {name}`"
+            f"create it with ProcessSemaphore(limit, name={name!r}{flag}), which finishes it, "
+            f"or remove it with `procthrottle unlink {name}`"
         )
     hint = ""
-    if _posix.exists(name):
-        hint = "; a crash_safe=False semaphore has this name: open it with crash_safe=False"
+    other = _semaphore_kind(name)
+    if other is not None and (other == CRASH_SAFE) is not crash_safe:
+        hint = f"; a semaphore with crash_safe={not crash_safe} has this name: open it so"
     elif _exists_at(rate_key(name)):
         hint = "; a rate limiter has this name (one name is one object)"
+    kind = "crash-safe semaphore" if crash_safe else "crash_safe=False semaphore"
     return FileNotFoundError(
-        f"no crash-safe semaphore named {name!r} exists; create it with "
-        f"ProcessSemaphore(limit, name={name!r}){hint}"
+        f"no {kind} named {name!r} exists; create it with "
+        f"ProcessSemaphore(limit, name={name!r}{flag}){hint}"
     )
 
 
 def _other_kernel(name: str, *, crash_safe: bool) -> NameConflictError:
-    if crash_safe and _exists_at(rate_key(name)):  # a crash_safe=False creator's check
-        return kind_conflict(name, "semaphore", RATE_LIMITER)
+    """The error for a name whose semaphore has the other kernel (``crash_safe`` is its)."""
     return NameConflictError(
         f"semaphore {name!r} already exists with crash_safe={crash_safe}; open it with "
         f"crash_safe={crash_safe}, or unlink it first (`procthrottle unlink {name}`)"
@@ -340,22 +369,24 @@ def _other_kernel(name: str, *, crash_safe: bool) -> NameConflictError:
 
 
 def exists(name: str) -> bool:
-    """Whether a System V set (half-made or not) holds one of the name's keys.
-
-    A crash-safe semaphore's key or a rate limiter's: a ``crash_safe=False`` creator asks this
-    to refuse a name that either kind has (and `_other_kernel` then says which).
-    """
+    """Whether a System V set (half-made or not) holds one of the name's keys: a semaphore's
+    (of either kernel) or a rate limiter's."""
     return _exists_at(key(name)) or _exists_at(rate_key(name))
 
 
-def find_named(name: str) -> tuple[int, int, int] | None:
-    """``(key, semid, limit)`` of the named set (limit 0: half-made), or None."""
+def find_named(name: str, crash_safe: bool | None = None) -> tuple[int, int, int] | None:
+    """``(key, semid, limit)`` of the named set (limit 0: half-made), or None.
+
+    ``crash_safe`` True or False finds only a set of that kernel.
+    """
     key_ = key(name)
     try:
         semid = _libc.lookup(key_)
         if semid is None:
             return None
         found = _layout(semid)
+        if crash_safe is not None and is_crash_safe(semid) is not crash_safe:
+            return None
     except OSError:
         return None
     if (
@@ -365,36 +396,3 @@ def find_named(name: str) -> tuple[int, int, int] | None:
     ):
         return None
     return key_, semid, found[1]
-
-
-_swept = False
-
-
-def sweep_anonymous() -> None:
-    """Remove this user's anonymous sets whose every user died (once per process, Linux).
-
-    The last user of an anonymous set removes it when it closes or exits normally; a SIGKILL
-    leaves the set behind with an attach count of 0. Any later process of the same user
-    removes such sets when it makes its first anonymous semaphore.
-    """
-    global _swept
-    if _swept:
-        return
-    _swept = True
-    now = time.time()
-    for info in _libc.own_sets():
-        if info.nsems != NSEMS:
-            continue
-        semid = info.semid
-        try:
-            found = _layout(semid)
-            if found is None or found[0] != ANONYMOUS_TAG:
-                continue
-            if found[1] == 0:
-                if now - info.ctime > HALF_MADE_AGE:
-                    _libc.remove(semid)
-            elif _libc.semop(semid, IF_UNUSED):  # nobody attached, checked atomically
-                _libc.remove(semid)
-        except OSError:
-            continue
-

@@ -60,8 +60,8 @@ class ProcessSemaphore(_HoldsPermits):
 
     * ``crash_safe=True`` (default, POSIX): a System V semaphore adjusted with ``SEM_UNDO``, so
       the kernel returns the permits of a process that dies, even by SIGKILL.
-    * ``crash_safe=False`` (POSIX): a POSIX semaphore, a futex in shared memory: faster, but a
-      permit held by a dead process is lost.
+    * ``crash_safe=False`` (POSIX): the same System V set without ``SEM_UNDO``: any process
+      may release a permit, and a permit held by a dead process is lost.
     * Windows: ``multiprocessing.Semaphore`` semantics, neither named nor crash-safe.
 
     Instances pickle by identity (a kernel key or a name), never by value, so they can be
@@ -94,14 +94,15 @@ class ProcessSemaphore(_HoldsPermits):
         """Create an anonymous semaphore, or create or open a named one.
 
         Args:
-            limit: How many permits it has (1 to 32767 crash-safe, to 2**31-1 otherwise).
+            limit: How many permits it has (1 to 32767, the kernel's largest semaphore value).
                 Opening an existing name with another limit raises `ValueError`.
             name: Makes the semaphore host-wide: every process that opens this name shares
                 its permits. 1 to 200 characters of `[A-Za-z0-9._-]`. None: anonymous,
                 shared by passing the object to child processes.
             crash_safe: True (System V with `SEM_UNDO`): permits of a dead holder come back.
-                False (POSIX): faster, any process may release, a dead holder's permits are
-                lost. A name that exists under the other kernel raises `ValueError`.
+                False (System V without undo): any process may release, a dead holder's
+                permits are lost. A name that exists under the other kernel raises
+                `ValueError` (one name is one semaphore).
             mode: Permission bits of a new named object (default `0o600`, owner-only). An
                 existing name owned by another user is used only if `mode` grants the same
                 sharing (`0o660`: a group the caller is in; `0o666`: everyone).
@@ -202,7 +203,11 @@ class ProcessSemaphore(_HoldsPermits):
         raise NotImplementedError  # pragma: no cover
 
     def unlink(self) -> None:
-        """Remove the semaphore from the host, then close this handle."""
+        """Remove the semaphore from the host, then close this handle.
+
+        Other handles of it, in any process, raise `SemaphoreClosedError` at their next use
+        (both kernels). Opening the name again makes a new semaphore.
+        """
         raise NotImplementedError  # pragma: no cover
 
     # -- shared behaviour --------------------------------------------------------------------
@@ -238,9 +243,9 @@ def _kernel_class(crash_safe: object) -> type[ProcessSemaphore]:
         from ._sysv import SysVSemaphore
 
         return SysVSemaphore
-    from ._posix import PosixSemaphore
+    from ._shared import SharedSemaphore
 
-    return PosixSemaphore
+    return SharedSemaphore
 
 
 def validate(limit: object, name: object, *, maximum: int) -> tuple[int, str | None]:

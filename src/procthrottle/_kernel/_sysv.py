@@ -18,7 +18,7 @@ import operator
 import os
 import time
 from multiprocessing.util import Finalize
-from typing import Any, NoReturn
+from typing import Any, ClassVar, NoReturn
 
 import sysv_ipc
 
@@ -66,6 +66,8 @@ class SysVSemaphore(ProcessSemaphore):
 
     _handle: Any  # sysv_ipc.Semaphore with block=False, undo=True; _AttachOnUse; or _Closed
     _finalizer: Finalize | None
+    #: Which kernel: the size of the set (``_naming``) and the operations on its permits.
+    _CRASH_SAFE: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -78,7 +80,7 @@ class SysVSemaphore(ProcessSemaphore):
         limit, name = validate(limit, name, maximum=MAX_LIMIT)
         mode = check_mode(mode)
         if name is None:
-            key, semid = create_anonymous(limit)
+            key, semid = create_anonymous(limit, self._CRASH_SAFE)
             self._setup(key, semid, limit, None, mode, created=True)
         else:
             self._setup_named(name, limit, mode)
@@ -98,7 +100,9 @@ class SysVSemaphore(ProcessSemaphore):
         over rather than fail (or attach to a set that no longer has the name).
         """
         for _ in range(_REOPEN_TRIES):
-            key, semid, found_limit, created = open_or_create_named(name, limit, mode)
+            key, semid, found_limit, created = open_or_create_named(
+                name, limit, mode, self._CRASH_SAFE
+            )
             try:
                 self._setup(key, semid, found_limit, name, mode, created=created)
                 return
@@ -117,7 +121,7 @@ class SysVSemaphore(ProcessSemaphore):
             semid = None
         if semid is not None:
             check_access(key, semid, "this anonymous semaphore", DEFAULT_MODE)
-        if semid is None or describe_anonymous(key, semid) != limit:
+        if semid is None or describe_anonymous(key, semid, cls._CRASH_SAFE) != limit:
             raise SemaphoreClosedError(
                 "this anonymous semaphore no longer exists: every process that used it closed "
                 "it or exited. Keep the creating process's ProcessSemaphore alive while others "
@@ -358,7 +362,7 @@ class SysVSemaphore(ProcessSemaphore):
 
     def unlink(self) -> None:
         if self._name is not None:
-            unlink_named(self._name)
+            unlink_named(self._name, self._CRASH_SAFE)
         elif _libc.remove(self._semid):
             _held.pop(self._semid, None)
         self.close()
@@ -367,20 +371,26 @@ class SysVSemaphore(ProcessSemaphore):
         if isinstance(self._handle, _Closed):
             raise SemaphoreClosedError("cannot pickle a closed semaphore")
         if self._name is not None:
-            return (_open_named, (self._name, self._limit, self._mode))
-        return (SysVSemaphore._open_anonymous, (self._key, self._limit))
+            return (_open_named, (self._name, self._limit, self._mode, self._CRASH_SAFE))
+        return (type(self)._open_anonymous, (self._key, self._limit))
 
 
-def _open_named(name: str, limit: int, mode: int = DEFAULT_MODE) -> ProcessSemaphore:
-    return ProcessSemaphore(limit, name=name, mode=mode)
+def _open_named(
+    name: str, limit: int, mode: int = DEFAULT_MODE, crash_safe: bool = True
+) -> ProcessSemaphore:
+    return ProcessSemaphore(limit, name=name, mode=mode, crash_safe=crash_safe)
 
 
-def unlink_named(name: str) -> bool:
-    """Remove the named crash-safe set from the host (half-made too); False if there was none."""
+def unlink_named(name: str, crash_safe: bool | None = None) -> bool:
+    """Remove the named set from the host (half-made too); False if there was none.
+
+    ``crash_safe`` True or False removes it only if it belongs to that kernel.
+    """
     from . import _registry
 
-    found = find_named(name)
-    _registry.discard(name, True)
+    found = find_named(name, crash_safe)
+    for kind in (True, False) if crash_safe is None else (crash_safe,):
+        _registry.discard(name, kind)
     if found is None:
         return False
     removed = _libc.remove(found[1])

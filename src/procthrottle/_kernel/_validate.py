@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import re
-import sys
 
-#: SEMVMX, the largest value a System V semaphore can hold (also SEMAEM, the largest undo).
+#: SEMVMX, the largest value a System V semaphore can hold (also SEMAEM, the largest undo):
+#: the largest limit of both kernels.
 MAX_LIMIT = 32767
-#: SEM_VALUE_MAX on Linux: the largest limit of the POSIX kernel.
-POSIX_MAX_LIMIT = 2**31 - 1
 MAX_NAME_LENGTH = 200
 #: Timeouts above this many seconds (about 31 years) wait forever: the kernels' clocks
 #: overflow long before a float does.
@@ -29,10 +27,7 @@ def check_positive(name: str, value: object) -> int:
 def check_limit(limit: object, *, maximum: int = MAX_LIMIT) -> int:
     limit = check_positive("limit", limit)
     if limit > maximum:
-        hint = ""
-        if maximum == MAX_LIMIT and limit <= POSIX_MAX_LIMIT and sys.platform != "win32":
-            hint = "; use crash_safe=False for larger limits (permits of dead holders are lost)"
-        raise ValueError(f"limit must be <= {maximum}, got {limit}{hint}")
+        raise ValueError(f"limit must be <= {maximum}, got {limit}")
     return limit
 
 
