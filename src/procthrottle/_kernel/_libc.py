@@ -46,12 +46,11 @@ _semget.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int)
 _semget.restype = ctypes.c_int
 # semctl is variadic: one prototype per shape of call (libc["..."] makes a new function
 # object each time), so that the fixed arguments are declared and the optional fourth is too.
-_semctl = libc["semctl"]  # GETVAL, GETPID, GETNCNT, IPC_RMID: no fourth argument
+# semctl is variadic: only its three fixed arguments are declared (arm64 macOS passes variadic
+# arguments differently); SETALL's fourth, the values, is passed as a ctypes array (a pointer).
+_semctl = libc["semctl"]
 _semctl.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int)
 _semctl.restype = ctypes.c_int
-_semctl_array = libc["semctl"]  # SETALL: the fourth argument points to the values
-_semctl_array.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_void_p)
-_semctl_array.restype = ctypes.c_int
 _semop = libc.semop
 _semop.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t)
 _semop.restype = ctypes.c_int
@@ -112,7 +111,7 @@ def create(key: int, values: list[int], mode: int = 0o600) -> int | None:
         raise _semget_error()
     semid = int(semid)
     array = (ctypes.c_ushort * len(values))(*values)
-    if _semctl_array(semid, 0, SETALL, array) < 0:  # pragma: no cover - removed at once
+    if _semctl(semid, 0, SETALL, array) < 0:  # pragma: no cover - removed at once
         err = _oserror()
         remove(semid)
         raise err
