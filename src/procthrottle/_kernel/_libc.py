@@ -8,7 +8,6 @@ them, multi-operation ``semop`` and the timed wait go straight to libc.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import math
 import os
@@ -40,7 +39,10 @@ class _TimeSpec(ctypes.Structure):
     _fields_ = (("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long))
 
 
-libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)  # releases the GIL per call
+# The C library the interpreter is linked with: dlopen(NULL) finds its symbols with no
+# ctypes.util.find_library("c"), which runs `ldconfig -p` in a subprocess (about 18 ms at every
+# import, so at every `procthrottle run`). Its calls release the GIL.
+libc = ctypes.CDLL(None, use_errno=True)
 _semget = libc.semget
 _semget.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int)
 _semget.restype = ctypes.c_int
