@@ -178,3 +178,41 @@ def test_state_that_cannot_matter_expires(url: str) -> None:
     sem.close()
     rate.close()
     client.close()
+
+
+@pytest.mark.anyio
+async def test_cancelled_async_waiters_leave_nothing_behind(url: str) -> None:
+    name = unique_name("pt-redis")
+    sem = AsyncRedisSemaphore(url, name, 1, lease=5.0)
+    holder = RedisSemaphore(url, name, 1)
+    assert await anyio.to_thread.run_sync(holder.acquire)
+    client = redis.Redis.from_url(url)
+    queue_key = holder._keys[2]
+    with anyio.fail_after(20):
+        async with anyio.create_task_group() as tg:
+            for _ in range(10):
+                tg.start_soon(sem.acquire)
+            while await anyio.to_thread.run_sync(client.zcard, queue_key) < 10:
+                await anyio.sleep(0.01)
+            tg.cancel_scope.cancel()
+        while await anyio.to_thread.run_sync(client.zcard, queue_key):
+            await anyio.sleep(0.01)  # their places are given up (by a background thread)
+    await anyio.to_thread.run_sync(holder.release)
+    with anyio.fail_after(5):
+        assert await sem.acquire(timeout=3)  # the permit was not granted to a dead waiter
+    sem.release()
+    client.close()
+    await anyio.to_thread.run_sync(holder.unlink)
+
+
+def test_a_mismatched_limit_is_refused_by_acquire_too(url: str) -> None:
+    name = unique_name("pt-redis")
+    sem = RedisSemaphore(url, name, 2)
+    RedisSemaphore(url, name, 2).unlink()
+    other = RedisSemaphore(url, name, 3)  # the name is made again with another limit
+    for block in (False, True):
+        with pytest.raises(ValueError, match="already exists in Redis with limit=3"):
+            sem.acquire(block=block, timeout=1)
+    assert sem._mine().waiting.pending() == 0  # nothing to clean up: nothing was done
+    sem.close()
+    other.unlink()

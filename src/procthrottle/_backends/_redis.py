@@ -150,6 +150,9 @@ class RedisSemaphore(_HoldsPermits):
             if deadline is None:
                 raise self._link.timed_out("an acquire") from None
             return False
+        except ValueError:  # the name has another limit: nothing was done
+            local.waiting.settle(token)
+            raise
         except BaseException:
             local.waiting.settle(token)
             local.waiting.abandon(token)

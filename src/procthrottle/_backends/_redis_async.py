@@ -117,6 +117,10 @@ class AsyncRedisSemaphore(AsyncSemaphore):
         except CallTimedOut:
             if seconds is None:
                 raise sem._link.timed_out("an acquire") from None
+        except ValueError:  # the name has another limit: nothing was done
+            done = True
+            waiting.settle(token)
+            raise
         finally:
             if not done:
                 settled = waiting.settle(token)
