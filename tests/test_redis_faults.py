@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import textwrap
+import threading
 import time
 from collections.abc import Callable, Iterator
 
@@ -180,6 +181,12 @@ def test_an_acquire_cut_short_leaves_nothing_behind(own_url: str) -> None:
 def test_no_timeout_means_a_bounded_call_not_a_hang(own_url: str) -> None:
     client = redis.Redis.from_url(own_url, socket_timeout=0.5)
     sem = RedisSemaphore(client, unique_name("pt-redis"), 1)
+    holder = RedisSemaphore(own_url, sem.name, 1)
+    assert holder.acquire()
+    threading.Timer(1.5, holder.release).start()
+    assert sem.acquire(timeout=10)  # waiting longer than the socket timeout is no outage
+    sem.release()
+    holder.close()
     with stopped(own_url):
         start = time.monotonic()
         with pytest.raises(RedisUnavailableError, match="did not answer"):

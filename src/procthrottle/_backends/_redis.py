@@ -339,7 +339,9 @@ class RedisSemaphore(_HoldsPermits):
         self._free = int(reply[1])
 
     def _pop_granted(self, key: str, seconds: float) -> list[str]:
-        reply = self._link.call(seconds + self._link.default_timeout, "BLPOP", key, seconds)
+        # blocks at most half the call's time limit, so a short socket_timeout still works
+        seconds = min(seconds, self._link.default_timeout / 2)
+        reply = self._link.call(self._link.default_timeout, "BLPOP", key, f"{seconds:.3f}")
         if not reply:
             return []
         tokens = [reply[1].decode()]

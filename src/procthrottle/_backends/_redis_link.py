@@ -28,6 +28,8 @@ from .._exceptions import ProcThrottleError
 DEFAULT_TIMEOUT = 5.0
 #: The least time a call is given, even when the caller's own time is (almost) up.
 MIN_CALL = 0.1
+#: Idle connections kept per link (a burst of callers opens more, closed after their call).
+MAX_IDLE = 16
 
 
 class RedisUnavailableError(ProcThrottleError, ConnectionError):
@@ -168,10 +170,13 @@ class Link:
                 raise _Stale from None
             self.unavailable(exc)
         finally:
+            keep = False
             if ok and self._pid == os.getpid():
                 with self._lock:
-                    self._free.append(conn)
-            else:
+                    if len(self._free) < MAX_IDLE:
+                        self._free.append(conn)
+                        keep = True
+            if not keep:
                 conn.disconnect()
 
     def run(self, timeout: float | None, script: Script, keys: list[str], args: list[Any]) -> Any:
