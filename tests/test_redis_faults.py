@@ -295,3 +295,33 @@ def test_async_rate_limiter_keeps_nothing_per_event_loop(own_url: str) -> None:
     assert len(admin.client_list()) <= before + 1
     limiter.limiter.unlink()
     admin.close()
+
+
+def test_a_sigkilled_waiters_place_costs_seconds_not_a_lease(url: str) -> None:
+    """A waiter killed while it waits: the release may still grant it the permit (its
+    heartbeat is recent), but that grant lasts only until its process would confirm it."""
+    name = unique_name("pt-redis")
+    holder = RedisSemaphore(url, name, 1, lease=60.0)
+    assert holder.acquire()
+    script = textwrap.dedent(
+        f"""
+        from procthrottle.redis import RedisSemaphore
+        sem = RedisSemaphore({url!r}, {name!r}, 1, lease=60.0)
+        print("waiting", flush=True)
+        sem.acquire()
+        """
+    )
+    child = subprocess.Popen([PYTHON, "-c", script], env=python_env(), text=True,
+                             stdout=subprocess.PIPE)
+    assert child.stdout is not None
+    assert child.stdout.readline() == "waiting\n"
+    assert eventually(lambda: leftovers(url, name)["queue"] == 1, 10)
+    child.kill()
+    child.wait(10)
+    child.stdout.close()
+    holder.release()  # granted to the dead waiter, whose heartbeat is still fresh
+    start = time.monotonic()
+    assert holder.acquire(timeout=20)
+    assert time.monotonic() - start < 8  # not the dead waiter's 60 s lease
+    holder.release()
+    holder.unlink()

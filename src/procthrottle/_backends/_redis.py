@@ -362,7 +362,13 @@ class RedisSemaphore(_HoldsPermits):
     def _raise_closed(self) -> NoReturn:
         raise SemaphoreClosedError(f"the Redis semaphore {self._name!r} was closed")
 
-    def _renew(self, tokens: list[str], timeout: float) -> set[str]:
+    def _confirm(self, tokens: list[str]) -> None:
+        """Renew permits just granted to this process's waiters to their full lease."""
+        lost = self._renew(tokens, None)
+        if lost:
+            self._mine().lost.update(lost)
+
+    def _renew(self, tokens: list[str], timeout: float | None) -> set[str]:
         """Renew the leases of ``tokens``; the ones that were lost."""
         reply = self._run(lua.RENEW, tokens, timeout)
         return {t.decode() if isinstance(t, bytes) else str(t) for t in reply[1:]}

@@ -13,7 +13,8 @@ Keys of a semaphore named N (one hash slot, ``{N}``):
   process, which it pops with ``BLPOP``.
 
 A token is ``<client>-<lease ms>-<random>``. A release grants the freed permits to the first
-live waiters at once (so nobody polls) and pushes their tokens to their process's wake list.
+live waiters at once (so nobody polls) and pushes their tokens to their process's wake list;
+a granted permit's lease is at most `CONFIRM_MS` until the waiter's process renews it.
 Every script extends the keys' time to live to ``keep`` ms: state that nobody touches for
 longer than the longest lease (plus a grace period) can no longer matter and expires.
 
@@ -26,6 +27,10 @@ limit L.
 from __future__ import annotations
 
 from ._redis_link import Script
+
+#: Milliseconds a permit granted to a waiter is held for it until its process confirms it
+#: (renews it to its full lease): a waiter that died after its last heartbeat costs no more.
+CONFIRM_MS = 5_000
 
 _PRELUDE = """
 local t = redis.call('TIME')
@@ -56,7 +61,8 @@ local function grant()
         local token = head[1]
         local client = client_of(token)
         if redis.call('ZSCORE', KEYS[4], client) then
-            redis.call('ZADD', KEYS[1], now + lease_of(token), token)
+            -- a short lease until its process confirms it (it may have died meanwhile)
+            redis.call('ZADD', KEYS[1], now + math.min(lease_of(token), CONFIRM_MS), token)
             local wake = ARGV[2] .. client
             redis.call('RPUSH', wake, token)
             redis.call('PEXPIRE', wake, ARGV[4])
@@ -75,7 +81,7 @@ end
 local function forget(token)
     redis.call('ZADD', KEYS[6], now + 60000, token)
 end
-"""
+""".replace("CONFIRM_MS", str(CONFIRM_MS))
 
 # ARGV[5]: token, ARGV[6]: '1' to queue up when busy. Reply {1, free} taken, {0, free} queued,
 # {2, free} busy (or already given up).
@@ -123,13 +129,14 @@ keep()
 return {0, lost, limit - redis.call('ZCARD', KEYS[1])}
 """)
 
-# ARGV[5...]: tokens. Reply {0, lost tokens...}: renews the leases of the others.
+# ARGV[5...]: tokens. Reply {0, lost tokens...}: renews the leases of the others (a token
+# released or given up meanwhile is neither).
 RENEW = Script(_PRELUDE + """
 local reply = {0}
 for i = 5, #ARGV do
     if redis.call('ZSCORE', KEYS[1], ARGV[i]) then
         redis.call('ZADD', KEYS[1], 'XX', now + lease_of(ARGV[i]), ARGV[i])
-    else
+    elseif not redis.call('ZSCORE', KEYS[6], ARGV[i]) then
         table.insert(reply, ARGV[i])
     end
 end

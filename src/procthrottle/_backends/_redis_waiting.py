@@ -69,6 +69,7 @@ class Calls(Protocol):
     def _pop_granted(self, key: str, seconds: float) -> list[str]: ...
     def _cancel(self, token: str, keep: bool, timeout: float | None) -> int: ...
     def _release_tokens(self, tokens: list[str], timeout: float | None) -> int: ...
+    def _confirm(self, tokens: list[str]) -> None: ...
 
 
 class Waiting:
@@ -152,14 +153,19 @@ class Waiting:
                     self.calls._heartbeat(self.client, tokens, beats % 10 == 0)
                     beats += 1
                     next_beat = time.monotonic() + HEARTBEAT
-                for token in self.calls._pop_granted(self.wake_key, HEARTBEAT):
-                    self._grant(token)
+                granted = self.calls._pop_granted(self.wake_key, HEARTBEAT)
+                if granted:
+                    for token in granted:
+                        self._grant(token)
+                    self.calls._confirm(granted)  # their full leases, now that we hold them
                 if failing:
                     log.info("Redis at %s answers again", self.describe)
                 failing = False
             except (RedisUnavailableError, CallTimedOut, redis.RedisError) as exc:
-                if self.closed:
-                    continue  # closed while it waited on Redis: nobody to tell
+                with self.lock:
+                    nobody = not any(w.state == WAITING for w in self.waiters.values())
+                if self.closed or nobody:
+                    continue  # closed, or everyone left, while it waited: nobody to tell
                 error = exc if isinstance(exc, RedisUnavailableError) else RedisUnavailableError(
                     f"Redis at {self.describe} stopped answering while tasks waited "
                     f"({type(exc).__name__}); nothing was taken"
