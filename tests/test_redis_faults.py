@@ -325,3 +325,34 @@ def test_a_sigkilled_waiters_place_costs_seconds_not_a_lease(url: str) -> None:
     assert time.monotonic() - start < 8  # not the dead waiter's 60 s lease
     holder.release()
     holder.unlink()
+
+
+def test_a_paused_waiter_taken_for_dead_queues_again(url: str) -> None:
+    """A waiting process paused past its heartbeats loses its place; resumed, it queues
+    again rather than waiting forever for a grant that was skipped."""
+    name = unique_name("pt-redis")
+    holder = RedisSemaphore(url, name, 1, lease=30.0)
+    assert holder.acquire()
+    script = textwrap.dedent(
+        f"""
+        from procthrottle.redis import RedisSemaphore
+        sem = RedisSemaphore({url!r}, {name!r}, 1, lease=30.0)
+        print("waiting", flush=True)
+        print("got" if sem.acquire(timeout=30) else "timeout", flush=True)
+        sem.release()
+        """
+    )
+    child = subprocess.Popen([PYTHON, "-c", script], env=python_env(), text=True,
+                             stdout=subprocess.PIPE)
+    assert child.stdout is not None
+    assert child.stdout.readline() == "waiting\n"
+    assert eventually(lambda: leftovers(url, name)["queue"] == 1, 10)
+    os.kill(child.pid, signal.SIGSTOP)
+    time.sleep(6.5)  # past its last heartbeat's life
+    holder.release()  # skips the waiter taken for dead: the permit stays free
+    assert leftovers(url, name) == {"holders": 0, "queue": 0}
+    os.kill(child.pid, signal.SIGCONT)
+    assert child.stdout.readline() == "got\n"
+    child.wait(20)
+    child.stdout.close()
+    holder.unlink()
