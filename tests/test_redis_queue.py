@@ -216,3 +216,41 @@ def test_a_mismatched_limit_is_refused_by_acquire_too(url: str) -> None:
     assert sem._mine().waiting.pending() == 0  # nothing to clean up: nothing was done
     sem.close()
     other.unlink()
+
+
+def test_close_reaches_threads_waiting_on_the_handle(url: str) -> None:
+    from procthrottle import SemaphoreClosedError
+
+    name = unique_name("pt-redis")
+    holder = RedisSemaphore(url, name, 1)
+    assert holder.acquire()
+    sem = RedisSemaphore(url, name, 1)
+    errors: list[BaseException] = []
+
+    def wait() -> None:
+        try:
+            sem.acquire(timeout=30)
+        except SemaphoreClosedError as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=wait) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 10
+    while redis.Redis.from_url(url).zcard(holder._keys[2]) < 3:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    start = time.monotonic()
+    sem.close()
+    for thread in threads:
+        thread.join(10)
+    assert len(errors) == 3
+    assert time.monotonic() - start < 2
+    # their places were given up: the holder's release leaves the permit free
+    deadline = time.monotonic() + 5
+    while redis.Redis.from_url(url).zcard(holder._keys[2]):
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    holder.release()
+    assert holder.value == 1
+    holder.unlink()
