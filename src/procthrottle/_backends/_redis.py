@@ -159,8 +159,11 @@ class RedisSemaphore(_HoldsPermits):
             waiter.event.wait(_left(deadline))
         except BaseException:  # interrupted: our place (or a permit granted) goes back
             if local.waiting.settle(token) is waiter and waiter.state == GRANTED:
-                self._took(local, token)
-                self.release()
+                try:
+                    self._release_tokens([token], None)
+                except Exception:  # the interruption matters more: its lease runs out
+                    log.warning("could not return a permit of %r to Redis at %s after an "
+                                "interrupted acquire", self._name, self._where)
             else:
                 local.waiting.abandon(token)
             raise

@@ -156,6 +156,7 @@ if redis.call('ZREM', KEYS[3], token) == 1 then
     result = 0
 elseif redis.call('ZSCORE', KEYS[1], token) then
     if ARGV[6] == '1' then
+        redis.call('ZADD', KEYS[1], 'XX', now + lease_of(token), token)  -- confirmed
         result = 1
     else
         redis.call('ZREM', KEYS[1], token)
