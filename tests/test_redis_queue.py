@@ -254,3 +254,21 @@ def test_close_reaches_threads_waiting_on_the_handle(url: str) -> None:
     holder.release()
     assert holder.value == 1
     holder.unlink()
+
+
+def test_an_acquire_that_reaches_the_server_twice_takes_one_permit(url: str) -> None:
+    """Tokens are the client's: the same acquire arriving again (a retry, a heartbeat that
+    queued it first) changes nothing, and giving it up afterwards frees everything."""
+    name = unique_name("pt-redis")
+    sem = RedisSemaphore(url, name, 2)
+    local = sem._mine()
+    token = sem._token(local)
+    assert sem._try_acquire(token, True, None) == 1
+    assert sem._try_acquire(token, True, None) == 1  # still one permit, not queued
+    assert sem.value == 1
+    assert sem._cancel(token, False, None) == 3  # given back
+    assert sem._try_acquire(token, True, None) == 2  # arriving after that: nothing
+    client = redis.Redis.from_url(url)
+    assert (client.zcard(sem._keys[0]), client.zcard(sem._keys[2])) == (0, 0)
+    client.close()
+    sem.unlink()

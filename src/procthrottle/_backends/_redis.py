@@ -151,6 +151,7 @@ class RedisSemaphore(_HoldsPermits):
                 return True
             return False
         assert waiter is not None
+        local.waiting.mark_queued(token)
         return self._wait(local, token, waiter, deadline)
 
     def _wait(self, local: Holdings, token: str, waiter: ThreadWaiter,

@@ -104,6 +104,7 @@ class AsyncRedisSemaphore(AsyncSemaphore):
                     limiter=_limiter(),
                 )
                 if status == 0:
+                    waiting.mark_queued(token)
                     await waiter.wait()
                     if waiter.state == FAILED:
                         waiter.raise_error()

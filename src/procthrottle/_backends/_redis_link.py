@@ -184,7 +184,8 @@ class Link:
         try:
             return self.call(timeout, "EVALSHA", script.sha, len(keys), *keys, *args)
         except redis.exceptions.NoScriptError:
-            return self.call(timeout, "EVAL", script.text, len(keys), *keys, *args)
+            self.call(timeout, "SCRIPT", "LOAD", script.text)
+            return self.call(timeout, "EVALSHA", script.sha, len(keys), *keys, *args)
 
     def unavailable(self, exc: BaseException) -> NoReturn:
         """Raise `RedisUnavailableError` for ``exc``, with no password in the message."""
