@@ -164,13 +164,15 @@ async def test_async_waiters_are_woken_in_order(url: str) -> None:
 
 def test_state_that_cannot_matter_expires(url: str) -> None:
     name = unique_name("pt-redis")
-    sem = RedisSemaphore(url, name, 2, lease=1.0)
+    sem = RedisSemaphore(url, name, 1, lease=1.0)
     rate = RedisRateLimiter(url, name + "-rate", 10)
     assert sem.acquire()
+    threading.Timer(0.3, sem.release).start()
+    assert sem.acquire(timeout=5)  # waited: queue, clients, seq and wake keys were written
     assert rate.acquire()
     client = redis.Redis.from_url(url)
     keys = [k for k in client.keys("procthrottle:{" + name + "*") if client.exists(k)]
-    assert keys
+    assert len(keys) >= 6, keys
     for key in keys:
         ttl = client.pttl(key)
         assert 0 < ttl <= 2 * 60_000 + 10_000, (key, ttl)  # a lease and the grace, at most

@@ -112,6 +112,7 @@ class Link:
         kwargs.pop("retry_on_error", None)
         self._kwargs = kwargs
         self._free: list[Any] = []
+        self._closed = False  # then a connection back from a call is closed, not kept
         self._lock = threading.Lock()
         self._pid = os.getpid()
 
@@ -173,7 +174,7 @@ class Link:
             keep = False
             if ok and self._pid == os.getpid():
                 with self._lock:
-                    if len(self._free) < MAX_IDLE:
+                    if len(self._free) < MAX_IDLE and not self._closed:
                         self._free.append(conn)
                         keep = True
             if not keep:
@@ -203,8 +204,10 @@ class Link:
         )
 
     def close(self) -> None:
-        """Disconnect every idle connection of this process."""
+        """Disconnect every idle connection of this process, and each busy one as its call
+        ends (the link still works: a later call opens a connection for itself)."""
         with self._lock:
+            self._closed = True
             free, self._free = self._free, []
             mine = self._pid == os.getpid()
         if mine:
