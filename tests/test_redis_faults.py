@@ -356,3 +356,22 @@ def test_a_paused_waiter_taken_for_dead_queues_again(url: str) -> None:
     child.wait(20)
     child.stdout.close()
     holder.unlink()
+
+
+def test_a_call_slower_than_the_clients_socket_timeout_is_an_outage(own_url: str) -> None:
+    """With socket_timeout=0.3 and a caller's timeout of 5 s, a stalled server is an outage
+    (the client said so), not a timeout that elapsed: it raises, after 0.3 s."""
+    client = redis.Redis.from_url(own_url, socket_timeout=0.3)
+    sem = RedisSemaphore(client, unique_name("pt-redis"), 1)
+    rate = RedisRateLimiter(client, unique_name("pt-redis-rate"), 10)
+    with stopped(own_url):
+        calls: list[Callable[[], bool]] = [lambda: sem.acquire(timeout=5),
+                                           lambda: rate.acquire(timeout=5)]
+        for call in calls:
+            start = time.monotonic()
+            with pytest.raises(RedisUnavailableError, match="did not answer"):
+                call()
+            assert time.monotonic() - start < 1
+    sem.close()
+    rate.close()
+    client.close()

@@ -134,9 +134,9 @@ class RedisSemaphore(_HoldsPermits):
         except CallTimedOut:
             local.waiting.settle(token)
             local.waiting.abandon(token)
-            if deadline is None:
+            if deadline is None or deadline - time.monotonic() > 0.05:  # the call's limit
                 raise self._link.timed_out("an acquire") from None
-            return False
+            return False  # the caller's time ran out
         except ValueError:  # the name has another limit: nothing was done
             local.waiting.settle(token)
             raise

@@ -201,13 +201,14 @@ class RedisRateLimiter(RateLimits):
         if self._closed:
             self._raise_closed()
         wait_us = -1 if max_wait is None else max_wait // 1000
+        started = time.monotonic_ns()
         try:
             reply = self._link.run(None if max_wait is None else max_wait / 1e9, _RESERVE,
                                    [self._key], self._args(n, wait_us))
         except CallTimedOut:
-            if max_wait is None:
-                raise self._link.timed_out("a reservation") from None
-            return None
+            if max_wait is None or time.monotonic_ns() - started < max_wait - 50_000_000:
+                raise self._link.timed_out("a reservation") from None  # the call's own limit
+            return None  # the caller's time ran out
         return self._answer(reply)
 
     def _give_back(self, reservation: Reservation) -> bool:
