@@ -129,8 +129,7 @@ class AsyncRedisSemaphore(AsyncSemaphore):
             if not done:
                 settled = waiting.settle(token)
                 if settled is waiter and waiter.state == GRANTED:
-                    sem._took(local, token)
-                    self.release()  # granted as we gave up: it goes to the next waiter
+                    waiting.release_later([token])  # granted as we gave up: to the next one
                 else:
                     waiting.abandon(token)
         return False
