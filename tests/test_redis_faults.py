@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import textwrap
+import threading
 import time
 from collections.abc import Callable, Iterator
 
@@ -180,6 +181,12 @@ def test_an_acquire_cut_short_leaves_nothing_behind(own_url: str) -> None:
 def test_no_timeout_means_a_bounded_call_not_a_hang(own_url: str) -> None:
     client = redis.Redis.from_url(own_url, socket_timeout=0.5)
     sem = RedisSemaphore(client, unique_name("pt-redis"), 1)
+    holder = RedisSemaphore(own_url, sem.name, 1)
+    assert holder.acquire()
+    threading.Timer(1.5, holder.release).start()
+    assert sem.acquire(timeout=10)  # waiting longer than the socket timeout is no outage
+    sem.release()
+    holder.close()
     with stopped(own_url):
         start = time.monotonic()
         with pytest.raises(RedisUnavailableError, match="did not answer"):
@@ -288,3 +295,83 @@ def test_async_rate_limiter_keeps_nothing_per_event_loop(own_url: str) -> None:
     assert len(admin.client_list()) <= before + 1
     limiter.limiter.unlink()
     admin.close()
+
+
+def test_a_sigkilled_waiters_place_costs_seconds_not_a_lease(url: str) -> None:
+    """A waiter killed while it waits: the release may still grant it the permit (its
+    heartbeat is recent), but that grant lasts only until its process would confirm it."""
+    name = unique_name("pt-redis")
+    holder = RedisSemaphore(url, name, 1, lease=60.0)
+    assert holder.acquire()
+    script = textwrap.dedent(
+        f"""
+        from procthrottle.redis import RedisSemaphore
+        sem = RedisSemaphore({url!r}, {name!r}, 1, lease=60.0)
+        print("waiting", flush=True)
+        sem.acquire()
+        """
+    )
+    child = subprocess.Popen([PYTHON, "-c", script], env=python_env(), text=True,
+                             stdout=subprocess.PIPE)
+    assert child.stdout is not None
+    assert child.stdout.readline() == "waiting\n"
+    assert eventually(lambda: leftovers(url, name)["queue"] == 1, 10)
+    child.kill()
+    child.wait(10)
+    child.stdout.close()
+    holder.release()  # granted to the dead waiter, whose heartbeat is still fresh
+    start = time.monotonic()
+    assert holder.acquire(timeout=20)
+    assert time.monotonic() - start < 8  # not the dead waiter's 60 s lease
+    holder.release()
+    holder.unlink()
+
+
+def test_a_paused_waiter_taken_for_dead_queues_again(url: str) -> None:
+    """A waiting process paused past its heartbeats loses its place; resumed, it queues
+    again rather than waiting forever for a grant that was skipped."""
+    name = unique_name("pt-redis")
+    holder = RedisSemaphore(url, name, 1, lease=30.0)
+    assert holder.acquire()
+    script = textwrap.dedent(
+        f"""
+        from procthrottle.redis import RedisSemaphore
+        sem = RedisSemaphore({url!r}, {name!r}, 1, lease=30.0)
+        print("waiting", flush=True)
+        print("got" if sem.acquire(timeout=30) else "timeout", flush=True)
+        sem.release()
+        """
+    )
+    child = subprocess.Popen([PYTHON, "-c", script], env=python_env(), text=True,
+                             stdout=subprocess.PIPE)
+    assert child.stdout is not None
+    assert child.stdout.readline() == "waiting\n"
+    assert eventually(lambda: leftovers(url, name)["queue"] == 1, 10)
+    os.kill(child.pid, signal.SIGSTOP)
+    time.sleep(6.5)  # past its last heartbeat's life
+    holder.release()  # skips the waiter taken for dead: the permit stays free
+    assert leftovers(url, name) == {"holders": 0, "queue": 0}
+    os.kill(child.pid, signal.SIGCONT)
+    assert child.stdout.readline() == "got\n"
+    child.wait(20)
+    child.stdout.close()
+    holder.unlink()
+
+
+def test_a_call_slower_than_the_clients_socket_timeout_is_an_outage(own_url: str) -> None:
+    """With socket_timeout=0.3 and a caller's timeout of 5 s, a stalled server is an outage
+    (the client said so), not a timeout that elapsed: it raises, after 0.3 s."""
+    client = redis.Redis.from_url(own_url, socket_timeout=0.3)
+    sem = RedisSemaphore(client, unique_name("pt-redis"), 1)
+    rate = RedisRateLimiter(client, unique_name("pt-redis-rate"), 10)
+    with stopped(own_url):
+        calls: list[Callable[[], bool]] = [lambda: sem.acquire(timeout=5),
+                                           lambda: rate.acquire(timeout=5)]
+        for call in calls:
+            start = time.monotonic()
+            with pytest.raises(RedisUnavailableError, match="did not answer"):
+                call()
+            assert time.monotonic() - start < 1
+    sem.close()
+    rate.close()
+    client.close()

@@ -164,13 +164,15 @@ async def test_async_waiters_are_woken_in_order(url: str) -> None:
 
 def test_state_that_cannot_matter_expires(url: str) -> None:
     name = unique_name("pt-redis")
-    sem = RedisSemaphore(url, name, 2, lease=1.0)
+    sem = RedisSemaphore(url, name, 1, lease=1.0)
     rate = RedisRateLimiter(url, name + "-rate", 10)
     assert sem.acquire()
+    threading.Timer(0.3, sem.release).start()
+    assert sem.acquire(timeout=5)  # waited: queue, clients, seq and wake keys were written
     assert rate.acquire()
     client = redis.Redis.from_url(url)
     keys = [k for k in client.keys("procthrottle:{" + name + "*") if client.exists(k)]
-    assert keys
+    assert len(keys) >= 6, keys
     for key in keys:
         ttl = client.pttl(key)
         assert 0 < ttl <= 2 * 60_000 + 10_000, (key, ttl)  # a lease and the grace, at most
@@ -178,3 +180,97 @@ def test_state_that_cannot_matter_expires(url: str) -> None:
     sem.close()
     rate.close()
     client.close()
+
+
+@pytest.mark.anyio
+async def test_cancelled_async_waiters_leave_nothing_behind(url: str) -> None:
+    name = unique_name("pt-redis")
+    sem = AsyncRedisSemaphore(url, name, 1, lease=5.0)
+    holder = RedisSemaphore(url, name, 1)
+    assert await anyio.to_thread.run_sync(holder.acquire)
+    client = redis.Redis.from_url(url)
+    queue_key = holder._keys[2]
+    with anyio.fail_after(20):
+        async with anyio.create_task_group() as tg:
+            for _ in range(10):
+                tg.start_soon(sem.acquire)
+            while await anyio.to_thread.run_sync(client.zcard, queue_key) < 10:
+                await anyio.sleep(0.01)
+            tg.cancel_scope.cancel()
+        while await anyio.to_thread.run_sync(client.zcard, queue_key):
+            await anyio.sleep(0.01)  # their places are given up (by a background thread)
+    await anyio.to_thread.run_sync(holder.release)
+    with anyio.fail_after(5):
+        assert await sem.acquire(timeout=3)  # the permit was not granted to a dead waiter
+    sem.release()
+    client.close()
+    await anyio.to_thread.run_sync(holder.unlink)
+
+
+def test_a_mismatched_limit_is_refused_by_acquire_too(url: str) -> None:
+    name = unique_name("pt-redis")
+    sem = RedisSemaphore(url, name, 2)
+    RedisSemaphore(url, name, 2).unlink()
+    other = RedisSemaphore(url, name, 3)  # the name is made again with another limit
+    for block in (False, True):
+        with pytest.raises(ValueError, match="already exists in Redis with limit=3"):
+            sem.acquire(block=block, timeout=1)
+    assert sem._mine().waiting.pending() == 0  # nothing to clean up: nothing was done
+    sem.close()
+    other.unlink()
+
+
+def test_close_reaches_threads_waiting_on_the_handle(url: str) -> None:
+    from procthrottle import SemaphoreClosedError
+
+    name = unique_name("pt-redis")
+    holder = RedisSemaphore(url, name, 1)
+    assert holder.acquire()
+    sem = RedisSemaphore(url, name, 1)
+    errors: list[BaseException] = []
+
+    def wait() -> None:
+        try:
+            sem.acquire(timeout=30)
+        except SemaphoreClosedError as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=wait) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 10
+    while redis.Redis.from_url(url).zcard(holder._keys[2]) < 3:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    start = time.monotonic()
+    sem.close()
+    for thread in threads:
+        thread.join(10)
+    assert len(errors) == 3
+    assert time.monotonic() - start < 2
+    # their places were given up: the holder's release leaves the permit free
+    deadline = time.monotonic() + 5
+    while redis.Redis.from_url(url).zcard(holder._keys[2]):
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    holder.release()
+    assert holder.value == 1
+    holder.unlink()
+
+
+def test_an_acquire_that_reaches_the_server_twice_takes_one_permit(url: str) -> None:
+    """Tokens are the client's: the same acquire arriving again (a retry, a heartbeat that
+    queued it first) changes nothing, and giving it up afterwards frees everything."""
+    name = unique_name("pt-redis")
+    sem = RedisSemaphore(url, name, 2)
+    local = sem._mine()
+    token = sem._token(local)
+    assert sem._try_acquire(token, True, None) == 1
+    assert sem._try_acquire(token, True, None) == 1  # still one permit, not queued
+    assert sem.value == 1
+    assert sem._cancel(token, False, None) == 3  # given back
+    assert sem._try_acquire(token, True, None) == 2  # arriving after that: nothing
+    client = redis.Redis.from_url(url)
+    assert (client.zcard(sem._keys[0]), client.zcard(sem._keys[2])) == (0, 0)
+    client.close()
+    sem.unlink()

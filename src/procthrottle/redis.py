@@ -10,8 +10,8 @@ try:
     from ._backends._redis import RedisSemaphore as RedisSemaphore
     from ._backends._redis_async import AsyncRedisSemaphore as AsyncRedisSemaphore
     from ._backends._redis_link import RedisUnavailableError as RedisUnavailableError
-    from ._backends._redis_rate import AsyncRedisRateLimiter as AsyncRedisRateLimiter
     from ._backends._redis_rate import RedisRateLimiter as RedisRateLimiter
+    from ._backends._redis_rate_async import AsyncRedisRateLimiter as AsyncRedisRateLimiter
 except ModuleNotFoundError as exc:  # the extra is missing: say how to get it
     if exc.name is None or exc.name.partition(".")[0] != "redis":
         raise

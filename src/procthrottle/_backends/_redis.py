@@ -28,6 +28,7 @@ from .._exceptions import ProcThrottleError, SemaphoreClosedError
 from .._kernel._semaphore import _HoldsPermits
 from .._kernel._validate import check_count, check_limit, check_name, check_timeout
 from . import _redis_lua as lua
+from ._redis_holdings import Holdings, new_client
 from ._redis_link import CallTimedOut, Link, RedisUnavailableError, Script, describe
 from ._redis_waiting import ALIVE_MS, GRANTED, ThreadWaiter, Waiting
 
@@ -46,20 +47,6 @@ class LeaseLostError(ProcThrottleError):
     longer than the lease, Redis was unreachable that long, or Redis restarted without its
     data), so another holder may have been let in meanwhile: the limit did not hold for that
     time. Raised by ``release()``; the permit is no longer held either way."""
-
-
-class _Local:
-    """What a handle holds in one process: its tokens, its renewer and its waiters."""
-
-    def __init__(self, sem: RedisSemaphore) -> None:
-        self.pid = os.getpid()
-        self.client = secrets.token_hex(8)
-        self.held: list[str] = []  # list.append/pop are atomic
-        self.lost: set[str] = set()
-        self.stop = threading.Event()
-        self.renewer: threading.Thread | None = None
-        self.lock = threading.Lock()
-        self.waiting = Waiting(sem, self.client, sem._wake_prefix + self.client, sem._where)
 
 
 _locals_lock = threading.Lock()
@@ -131,7 +118,7 @@ class RedisSemaphore(_HoldsPermits):
         self._wake_prefix = tag + "wake:"
         self._keep_ms = max(self._lease_ms, ALIVE_MS) + GRACE_MS
         self._closed = False
-        self._local: _Local | None = None
+        self._local: Holdings | None = None
         self._free = self._limit
         self._free = int(self._run(lua.OPEN, [], None)[1])
 
@@ -174,9 +161,12 @@ class RedisSemaphore(_HoldsPermits):
         except CallTimedOut:
             local.waiting.settle(token)
             local.waiting.abandon(token)
-            if deadline is None:
+            if deadline is None or deadline - time.monotonic() > 0.05:  # the call's limit
                 raise self._link.timed_out("an acquire") from None
-            return False
+            return False  # the caller's time ran out
+        except ValueError:  # the name has another limit: nothing was done
+            local.waiting.settle(token)
+            raise
         except BaseException:
             local.waiting.settle(token)
             local.waiting.abandon(token)
@@ -188,16 +178,20 @@ class RedisSemaphore(_HoldsPermits):
                 return True
             return False
         assert waiter is not None
+        local.waiting.mark_queued(token)
         return self._wait(local, token, waiter, deadline)
 
-    def _wait(self, local: _Local, token: str, waiter: ThreadWaiter,
+    def _wait(self, local: Holdings, token: str, waiter: ThreadWaiter,
               deadline: float | None) -> bool:
         try:
             waiter.event.wait(_left(deadline))
         except BaseException:  # interrupted: our place (or a permit granted) goes back
             if local.waiting.settle(token) is waiter and waiter.state == GRANTED:
-                self._took(local, token)
-                self.release()
+                try:
+                    self._release_tokens([token], None)
+                except Exception:  # the interruption matters more: its lease runs out
+                    log.warning("could not return a permit of %r to Redis at %s after an "
+                                "interrupted acquire", self._name, self._where)
             else:
                 local.waiting.abandon(token)
             raise
@@ -245,7 +239,7 @@ class RedisSemaphore(_HoldsPermits):
             raise
         self._after_release(local, tokens, lost)
 
-    def _take_back(self, local: _Local, n: int) -> list[str]:
+    def _take_back(self, local: Holdings, n: int) -> list[str]:
         tokens: list[str] = []
         try:
             for _ in range(n):
@@ -259,7 +253,7 @@ class RedisSemaphore(_HoldsPermits):
             ) from None
         return tokens
 
-    def _after_release(self, local: _Local, tokens: list[str], lost: int) -> None:
+    def _after_release(self, local: Holdings, tokens: list[str], lost: int) -> None:
         known = local.lost.intersection(tokens)
         local.lost.difference_update(tokens)
         if lost or known:
@@ -373,7 +367,9 @@ class RedisSemaphore(_HoldsPermits):
         self._free = int(reply[1])
 
     def _pop_granted(self, key: str, seconds: float) -> list[str]:
-        reply = self._link.call(seconds + self._link.default_timeout, "BLPOP", key, seconds)
+        # blocks at most half the call's time limit, so a short socket_timeout still works
+        seconds = min(seconds, self._link.default_timeout / 2)
+        reply = self._link.call(self._link.default_timeout, "BLPOP", key, f"{seconds:.3f}")
         if not reply:
             return []
         tokens = [reply[1].decode()]
@@ -381,22 +377,24 @@ class RedisSemaphore(_HoldsPermits):
         return tokens + [t.decode() for t in more or ()]
 
     # -- internals ---------------------------------------------------------------------------
-    def _mine(self) -> _Local:
+    def _mine(self) -> Holdings:
         """This process's state of the handle (a fresh one, holding nothing, after a fork)."""
         local = self._local
         if local is None or local.pid != os.getpid():
             with _locals_lock:
                 local = self._local
                 if local is None or local.pid != os.getpid():
-                    local = self._local = _Local(self)
+                    client = new_client()
+                    waiting = Waiting(self, client, self._wake_prefix + client, self._where)
+                    local = self._local = Holdings(self, waiting)
         return local
 
-    def _token(self, local: _Local) -> str:
+    def _token(self, local: Holdings) -> str:
         return f"{local.client}-{self._lease_ms}-{secrets.token_hex(8)}"
 
-    def _took(self, local: _Local, token: str) -> None:
+    def _took(self, local: Holdings, token: str) -> None:
         local.held.append(token)
-        self._ensure_renewer(local)
+        local.ensure_renewer()
 
     def _check_open(self) -> None:
         if self._closed:
@@ -405,39 +403,16 @@ class RedisSemaphore(_HoldsPermits):
     def _raise_closed(self) -> NoReturn:
         raise SemaphoreClosedError(f"the Redis semaphore {self._name!r} was closed")
 
-    def _ensure_renewer(self, local: _Local) -> None:
-        with local.lock:
-            if local.renewer is None or not local.renewer.is_alive():
-                local.renewer = threading.Thread(
-                    target=self._renew_forever, args=(local,), name="procthrottle-redis-lease",
-                    daemon=True,
-                )
-                local.renewer.start()
+    def _confirm(self, tokens: list[str]) -> None:
+        """Renew permits just granted to this process's waiters to their full lease."""
+        lost = self._renew(tokens, None)
+        if lost:
+            self._mine().lost.update(lost)
 
-    def _renew_forever(self, local: _Local) -> None:
-        """Renew this process's leases every lease/3 seconds while it holds any."""
-        while not local.stop.wait(self._lease / 3):
-            tokens = list(local.held)
-            if not tokens:
-                with local.lock:
-                    if not local.held:
-                        local.renewer = None
-                        return
-                continue
-            try:
-                reply = self._run(lua.RENEW, tokens, self._lease / 3)
-            except (CallTimedOut, RedisUnavailableError, redis.RedisError) as exc:
-                log.warning("could not renew %d lease(s) of %r at %s: %s", len(tokens),
-                            self._name, self._where, type(exc).__name__)
-                continue
-            except ValueError:
-                continue  # the name was unlinked and made again with another limit
-            lost = {t.decode() if isinstance(t, bytes) else str(t) for t in reply[1:]}
-            if lost - local.lost:
-                log.warning("%d lease(s) of %r at %s were lost before renewal (was this "
-                            "process paused for more than %g s, or Redis restarted?)",
-                            len(lost - local.lost), self._name, self._where, self._lease)
-            local.lost.update(lost)
+    def _renew(self, tokens: list[str], timeout: float | None) -> set[str]:
+        """Renew the leases of ``tokens``; the ones that were lost."""
+        reply = self._run(lua.RENEW, tokens, timeout)
+        return {t.decode() if isinstance(t, bytes) else str(t) for t in reply[1:]}
 
 
 def _left(deadline: float | None) -> float | None:

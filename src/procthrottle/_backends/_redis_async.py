@@ -10,6 +10,8 @@ made there too, so ``release()`` never blocks the loop.
 
 from __future__ import annotations
 
+import time
+
 import anyio
 import anyio.lowlevel
 import anyio.to_thread
@@ -103,6 +105,7 @@ class AsyncRedisSemaphore(AsyncSemaphore):
         if seconds is not None and seconds == float("inf"):
             seconds = None
         await anyio.lowlevel.checkpoint_if_cancelled()
+        started = time.monotonic()
         sem = self._redis
         sem._check_open()
         local = sem._mine()
@@ -118,6 +121,7 @@ class AsyncRedisSemaphore(AsyncSemaphore):
                     limiter=_limiter(),
                 )
                 if status == 0:
+                    waiting.mark_queued(token)
                     await waiter.wait()
                     if waiter.state == FAILED:
                         waiter.raise_error()
@@ -129,14 +133,17 @@ class AsyncRedisSemaphore(AsyncSemaphore):
                     return True
                 return False
         except CallTimedOut:
-            if seconds is None:
-                raise sem._link.timed_out("an acquire") from None
+            if seconds is None or time.monotonic() < started + seconds - 0.05:
+                raise sem._link.timed_out("an acquire") from None  # the call's own limit
+        except ValueError:  # the name has another limit: nothing was done
+            done = True
+            waiting.settle(token)
+            raise
         finally:
             if not done:
                 settled = waiting.settle(token)
                 if settled is waiter and waiter.state == GRANTED:
-                    sem._took(local, token)
-                    self.release()  # granted as we gave up: it goes to the next waiter
+                    waiting.release_later([token])  # granted as we gave up: to the next one
                 else:
                     waiting.abandon(token)
         return False

@@ -28,6 +28,8 @@ from .._exceptions import ProcThrottleError
 DEFAULT_TIMEOUT = 5.0
 #: The least time a call is given, even when the caller's own time is (almost) up.
 MIN_CALL = 0.1
+#: Idle connections kept per link (a burst of callers opens more, closed after their call).
+MAX_IDLE = 16
 
 
 class RedisUnavailableError(ProcThrottleError, ConnectionError):
@@ -110,6 +112,7 @@ class Link:
         kwargs.pop("retry_on_error", None)
         self._kwargs = kwargs
         self._free: list[Any] = []
+        self._closed = False  # then a connection back from a call is closed, not kept
         self._lock = threading.Lock()
         self._pid = os.getpid()
 
@@ -168,10 +171,13 @@ class Link:
                 raise _Stale from None
             self.unavailable(exc)
         finally:
+            keep = False
             if ok and self._pid == os.getpid():
                 with self._lock:
-                    self._free.append(conn)
-            else:
+                    if len(self._free) < MAX_IDLE and not self._closed:
+                        self._free.append(conn)
+                        keep = True
+            if not keep:
                 conn.disconnect()
 
     def run(self, timeout: float | None, script: Script, keys: list[str], args: list[Any]) -> Any:
@@ -179,7 +185,8 @@ class Link:
         try:
             return self.call(timeout, "EVALSHA", script.sha, len(keys), *keys, *args)
         except redis.exceptions.NoScriptError:
-            return self.call(timeout, "EVAL", script.text, len(keys), *keys, *args)
+            self.call(timeout, "SCRIPT", "LOAD", script.text)
+            return self.call(timeout, "EVALSHA", script.sha, len(keys), *keys, *args)
 
     def unavailable(self, exc: BaseException) -> NoReturn:
         """Raise `RedisUnavailableError` for ``exc``, with no password in the message."""
@@ -197,8 +204,10 @@ class Link:
         )
 
     def close(self) -> None:
-        """Disconnect every idle connection of this process."""
+        """Disconnect every idle connection of this process, and each busy one as its call
+        ends (the link still works: a later call opens a connection for itself)."""
         with self._lock:
+            self._closed = True
             free, self._free = self._free, []
             mine = self._pid == os.getpid()
         if mine:

@@ -69,6 +69,7 @@ class Calls(Protocol):
     def _pop_granted(self, key: str, seconds: float) -> list[str]: ...
     def _cancel(self, token: str, keep: bool, timeout: float | None) -> int: ...
     def _release_tokens(self, tokens: list[str], timeout: float | None) -> int: ...
+    def _confirm(self, tokens: list[str]) -> None: ...
 
 
 class Waiting:
@@ -82,6 +83,9 @@ class Waiting:
         self.lock = threading.Lock()
         self.cond = threading.Condition(self.lock)
         self.waiters: dict[str, Waiter] = {}
+        #: Tokens the server said it queued: only those are queued again by a heartbeat that
+        #: finds this process taken for dead (an acquire still on its way queues itself).
+        self.queued: set[str] = set()
         self.listener: threading.Thread | None = None
         self.worker: threading.Thread | None = None
         self.jobs: deque[tuple[float, Callable[[], None]]] = deque()
@@ -102,10 +106,17 @@ class Waiting:
     def settle(self, token: str) -> Waiter | None:
         """Stop expecting ``token``; the waiter with its final state (GONE if it was waiting)."""
         with self.lock:
+            self.queued.discard(token)
             waiter = self.waiters.pop(token, None)
             if waiter is not None and waiter.state == WAITING:
                 waiter.state = GONE
             return waiter
+
+    def mark_queued(self, token: str) -> None:
+        """The server queued ``token`` (its acquire answered so)."""
+        with self.lock:
+            if token in self.waiters:
+                self.queued.add(token)
 
     def _grant(self, token: str) -> None:
         with self.lock:
@@ -137,6 +148,7 @@ class Waiting:
         while True:
             with self.lock:
                 tokens = [t for t, w in self.waiters.items() if w.state == WAITING]
+                queued = [t for t in tokens if t in self.queued]
                 if self.closed or not tokens:
                     now = time.monotonic()
                     if self.closed or (idle_since is not None and now - idle_since > KEEPALIVE):
@@ -149,17 +161,22 @@ class Waiting:
             try:
                 if time.monotonic() >= next_beat:
                     # the keys' time to live is a minute or more: refresh it every 10th beat
-                    self.calls._heartbeat(self.client, tokens, beats % 10 == 0)
+                    self.calls._heartbeat(self.client, queued, beats % 10 == 0)
                     beats += 1
                     next_beat = time.monotonic() + HEARTBEAT
-                for token in self.calls._pop_granted(self.wake_key, HEARTBEAT):
-                    self._grant(token)
+                granted = self.calls._pop_granted(self.wake_key, HEARTBEAT)
+                if granted:
+                    for token in granted:
+                        self._grant(token)
+                    self.calls._confirm(granted)  # their full leases, now that we hold them
                 if failing:
                     log.info("Redis at %s answers again", self.describe)
                 failing = False
             except (RedisUnavailableError, CallTimedOut, redis.RedisError) as exc:
-                if self.closed:
-                    continue  # closed while it waited on Redis: nobody to tell
+                with self.lock:
+                    nobody = not any(w.state == WAITING for w in self.waiters.values())
+                if self.closed or nobody:
+                    continue  # closed, or everyone left, while it waited: nobody to tell
                 error = exc if isinstance(exc, RedisUnavailableError) else RedisUnavailableError(
                     f"Redis at {self.describe} stopped answering while tasks waited "
                     f"({type(exc).__name__}); nothing was taken"
