@@ -12,6 +12,7 @@ import pytest
 from helpers import unique_name
 
 redis = pytest.importorskip("redis")
+from procthrottle import AsyncSemaphore  # noqa: E402
 from procthrottle.redis import AsyncRedisSemaphore, RedisRateLimiter, RedisSemaphore  # noqa: E402
 from redis_server import redis_server  # noqa: E402
 
@@ -159,6 +160,41 @@ async def test_async_waiters_are_woken_in_order(url: str) -> None:
             await anyio.to_thread.run_sync(holder.release)
     assert order == list(range(20))
     client.close()
+    await anyio.to_thread.run_sync(holder.unlink)
+
+
+@pytest.mark.anyio
+async def test_async_semaphore_over_a_redis_semaphore_waits_in_the_servers_queue(
+    url: str,
+) -> None:
+    """AsyncSemaphore(RedisSemaphore(...)) is the Redis adapter: its tasks take their places in
+    the server's queue and are served in order (the generic adapter could only poll with
+    non-blocking tries, which never win a place while others queue: its tasks starved)."""
+    name = unique_name("pt-redis")
+    redis_sem = RedisSemaphore(url, name, 1, lease=5.0)
+    sem = AsyncSemaphore(redis_sem)
+    assert isinstance(sem, AsyncRedisSemaphore)
+    assert sem.semaphore is redis_sem
+    holder = RedisSemaphore(url, name, 1)
+    assert await anyio.to_thread.run_sync(holder.acquire)
+    order: list[int] = []
+
+    async def task(i: int) -> None:
+        async with sem:
+            order.append(i)
+
+    queue_key = holder._keys[2]
+    client = redis.Redis.from_url(url)
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as tg:
+            for i in range(5):
+                tg.start_soon(task, i)
+                while await anyio.to_thread.run_sync(client.zcard, queue_key) < i + 1:
+                    await anyio.sleep(0.005)
+            await anyio.to_thread.run_sync(holder.release)
+    assert order == list(range(5))
+    client.close()
+    redis_sem.close()
     await anyio.to_thread.run_sync(holder.unlink)
 
 

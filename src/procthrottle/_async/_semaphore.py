@@ -76,6 +76,17 @@ class AsyncSemaphore:
         TypeError: ``semaphore`` is none of those (an ``asyncio.Semaphore`` is refused too).
     """
 
+    def __new__(cls, *args: Any, **kwargs: Any) -> Self:
+        # A semaphore with an async adapter of its own gets that one: a `RedisSemaphore`'s
+        # waiters queue in the server and are woken by its pushes, where this generic adapter
+        # could only poll with non-blocking tries, which never win a place in that queue.
+        if cls is AsyncSemaphore and args:
+            native = getattr(type(args[0]), "_procthrottle_async_type", None)
+            if native is not None:
+                adapter_type: type[Self] = native()
+                return super().__new__(adapter_type)
+        return super().__new__(cls)
+
     def __init__(self, semaphore: ProcessSemaphore | SyncSemaphore | int) -> None:
         sem: ProcessSemaphore | SyncSemaphore
         if isinstance(semaphore, int) and not isinstance(semaphore, bool):

@@ -20,7 +20,7 @@ import os
 import secrets
 import threading
 import time
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import redis
 
@@ -31,6 +31,9 @@ from . import _redis_lua as lua
 from ._redis_holdings import Holdings, new_client
 from ._redis_link import CallTimedOut, Link, RedisUnavailableError, Script, describe
 from ._redis_waiting import ALIVE_MS, GRANTED, ThreadWaiter, Waiting
+
+if TYPE_CHECKING:
+    from .._async._semaphore import AsyncSemaphore
 
 __all__ = ["LeaseLostError", "RedisSemaphore", "RedisUnavailableError", "describe"]
 
@@ -93,6 +96,13 @@ class RedisSemaphore(_HoldsPermits):
     #: Every call is a network round trip: `AsyncSemaphore` makes them all in its waiter
     #: thread, never on the event loop's thread.
     _procthrottle_offload = True
+
+    @staticmethod
+    def _procthrottle_async_type() -> type[AsyncSemaphore]:
+        """What ``AsyncSemaphore(sem)`` makes: the adapter that waits in the server's queue."""
+        from ._redis_async import AsyncRedisSemaphore
+
+        return AsyncRedisSemaphore
 
     def __init__(
         self, client_or_url: redis.Redis | str, name: str, limit: int, *, lease: float = 30.0

@@ -11,6 +11,7 @@ made there too, so ``release()`` never blocks the loop.
 from __future__ import annotations
 
 import time
+from typing import overload
 
 import anyio
 import anyio.lowlevel
@@ -53,7 +54,8 @@ class AsyncRedisSemaphore(AsyncSemaphore):
     (it checks the limit), so build it before the loop starts or accept that one call.
 
     Args:
-        client_or_url: A ``redis.Redis`` client or a ``redis://`` URL.
+        client_or_url: A ``redis.Redis`` client or a ``redis://`` URL; or a `RedisSemaphore`
+            alone, to await it (what ``AsyncSemaphore(redis_semaphore)`` makes).
         name: The semaphore's name in Redis.
         limit: Its number of permits.
         lease: Seconds after which a dead holder's permit comes back.
@@ -64,9 +66,27 @@ class AsyncRedisSemaphore(AsyncSemaphore):
         RedisUnavailableError: Redis cannot be reached.
     """
 
+    @overload
     def __init__(
         self, client_or_url: redis.Redis | str, name: str, limit: int, *, lease: float = 30.0
+    ) -> None: ...
+    @overload
+    def __init__(self, client_or_url: RedisSemaphore) -> None: ...
+    def __init__(
+        self,
+        client_or_url: redis.Redis | str | RedisSemaphore,
+        name: str | None = None,
+        limit: int | None = None,
+        *,
+        lease: float = 30.0,
     ) -> None:
+        if isinstance(client_or_url, RedisSemaphore):  # AsyncSemaphore(RedisSemaphore(...))
+            if name is not None or limit is not None:
+                raise TypeError("AsyncRedisSemaphore(sem) takes a RedisSemaphore alone")
+            super().__init__(client_or_url)
+            return
+        if name is None or limit is None:
+            raise TypeError("AsyncRedisSemaphore needs client_or_url, name and limit")
         super().__init__(RedisSemaphore(client_or_url, name, limit, lease=lease))
 
     @property
