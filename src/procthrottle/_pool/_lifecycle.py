@@ -183,12 +183,9 @@ class Workers:
             with contextlib.suppress(KeyError, ValueError, OSError):
                 if fd >= 0:
                     selector.unregister(fd)
-        if worker.writing:
-            with contextlib.suppress(KeyError, ValueError, OSError):
-                selector.unregister(worker.task_fd)
-            worker.writing = False
-        worker.out.clear()
-        worker.out_bytes = worker.held = 0
+        with contextlib.suppress(KeyError, ValueError, OSError):
+            worker.outbox.watch(selector, worker, False)
+        worker.outbox.clear()
         worker.task_conn.close()
         worker.result_conn.close()
         worker.task_fd = worker.result_fd = -1  # their numbers are free for new descriptors
@@ -206,7 +203,7 @@ class Workers:
         with self.engine.lock:
             workers = list(self.live)
             for worker in workers:
-                if not kill and not worker.out and worker.task_fd >= 0:
+                if not kill and not worker.outbox and worker.task_fd >= 0:
                     with contextlib.suppress(OSError):  # full (not idle) or gone: EOF, kill
                         os.write(worker.task_fd, stop)
                 worker.dead = True

@@ -18,10 +18,8 @@ Runs on the manager thread, under the pool's lock for the books (``cancel`` also
 from __future__ import annotations
 
 import contextlib
-import itertools
 import os
 import pickle
-import selectors
 import signal
 import time
 from collections import deque
@@ -36,7 +34,6 @@ from ._records import (
     MIN_DEPTH,
     QUEUED,
     SENT,
-    SMALL,
     STEAL_AFTER,
     Planned,
     Task,
@@ -164,7 +161,7 @@ class Traffic:
         if not worker.ready or worker.dead:
             return 0
         if worker.inflight and (
-            worker.bytes_ahead >= MAX_BYTES_AHEAD or worker.out_bytes >= MAX_BYTES_AHEAD
+            worker.bytes_ahead >= MAX_BYTES_AHEAD or worker.outbox.unwritten >= MAX_BYTES_AHEAD
         ):
             return 0
         if worker.next_seq - worker.consumed() >= RING_SIZE - 1:
@@ -177,7 +174,7 @@ class Traffic:
     def _unwritten(self) -> int:
         """Pickled bytes the parent holds until the pipes took them (a large pickle counts
         whole until its last byte is written)."""
-        return sum(max(w.out_bytes, w.held) for w in self.engine.workers)
+        return sum(w.outbox.memory() for w in self.engine.workers)
 
     def plan(self, plan: list[Planned]) -> None:
         """Assign queued tasks to workers, the least loaded first, each up to its depth
@@ -296,7 +293,6 @@ class Traffic:
                 add(data)
             del call
         back: list[Task] = []
-        blobs: dict[Worker, bytearray] = {}
         pack_header = _wire.TASK_HEADER.pack
         sizes = [len(p) for p in payloads if isinstance(p, bytes)]
         with self.engine.lock:
@@ -316,56 +312,16 @@ class Traffic:
                 size = len(payload)
                 worker.bytes_ahead += size - task.nbytes
                 task.nbytes = size
-                header = pack_header(_wire.TASK.size + size, seq)
-                if size < SMALL:
-                    blob = blobs.get(worker)
-                    if blob is None:
-                        blob = blobs[worker] = bytearray()
-                        worker.out.append(blob)  # filled below, before anyone writes it
-                    blob += header
-                    blob += payload
-                else:
-                    worker.out.append(header)
-                    worker.out.append(payload)  # not copied: written from where pickle put it
-                    worker.held += size
-                    blobs.pop(worker, None)
-                worker.out_bytes += len(header) + size
+                worker.outbox.add(pack_header(_wire.TASK.size + size, seq), payload)
+            for worker in budget:
+                worker.outbox.end_batch()
             self.queue.extendleft(reversed(back))
         plan.clear()
         payloads.clear()
 
     def flush(self, worker: Worker) -> None:
-        out = worker.out
-        while out and not worker.dead:
-            parts = list(itertools.islice(out, 512))
-            try:
-                written = os.writev(worker.task_fd, parts)
-            except BlockingIOError:
-                break
-            except OSError:  # the worker is gone; its sentinel tells the rest
-                out.clear()
-                worker.out_bytes = worker.held = 0
-                break
-            worker.out_bytes -= written
-            for part in parts:
-                if written >= len(part):
-                    written -= len(part)
-                    whole = part.obj if isinstance(part, memoryview) else part
-                    if type(whole) is bytes and len(whole) >= SMALL:  # a large pickle: freed
-                        worker.held -= len(whole)
-                    out.popleft()
-                else:
-                    out[0] = memoryview(part)[written:]
-                    break
-            del parts
-        want = bool(out) and not worker.dead
-        if want != worker.writing:
-            selector = self.engine.selector
-            if want:
-                selector.register(worker.task_fd, selectors.EVENT_WRITE, worker)
-            else:
-                selector.unregister(worker.task_fd)
-            worker.writing = want
+        if not worker.dead:
+            worker.outbox.flush(self.engine.selector, worker)
 
     # -- reading ----------------------------------------------------------------------------------
     def read(self, worker: Worker) -> list[_wire.Frame]:
