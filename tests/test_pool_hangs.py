@@ -40,10 +40,10 @@ if __name__ == "__main__":
     fork = multiprocessing.get_context("fork")
     with ThrottledProcessPool(1, 1, mp_context=fork) as pool:
         pool.submit(tasks.noop).result(timeout=10)
-        busy = pool.submit(tasks.nap, 3.0)
+        busy = pool.submit(tasks.nap, 8.0)
         while pool.stats()["cancelled"] < RING_SIZE + 200:  # more than the worker's ring holds
             batch = [pool.submit(tasks.noop) for _ in range(50)]
-            deadline = time.monotonic() + 0.2  # a full ring keeps them queued: that is fine
+            deadline = time.monotonic() + 0.05  # a full ring keeps them queued: that is fine
             while pool.stats()["queued"] and time.monotonic() < deadline:
                 time.sleep(0.001)
             for f in batch:
@@ -51,7 +51,7 @@ if __name__ == "__main__":
             if busy.done():
                 raise SystemExit("the long task ended too early for this test")
         revoked = pool.stats()["cancelled"]
-        busy.result(timeout=10)
+        busy.result(timeout=30)
         assert pool.submit(tasks.square, 7).result(timeout=10) == 49, pool.stats()
         print("ok", revoked)
 """
@@ -118,6 +118,9 @@ def test_futures_cancelled_by_shutdown_are_done_for_wait_and_as_completed() -> N
     pool = ThrottledProcessPool(1, 1)
     busy = pool.submit(tasks.nap, 0.5)
     later = [pool.submit(tasks.noop) for _ in range(50)]
+    deadline = time.monotonic() + 30
+    while not busy.running() and time.monotonic() < deadline:
+        time.sleep(0.001)
     waited: list[tuple[set[object], set[object]]] = []
     import threading
 
@@ -245,7 +248,7 @@ if __name__ == "__main__":
 
     def on_results(self, *args, **kwargs):
         out = original(self, *args, **kwargs)
-        if not failed and self.engine.outcomes.pending_count() >= 3:
+        if not failed and self.engine.outcomes.pending_count() >= 1:
             failed.append(1)
             raise RuntimeError("a bug in the manager")
         return out
@@ -268,7 +271,7 @@ def test_a_failing_manager_resolves_every_future_it_holds() -> None:
     text = _ok(out)
     failed, delivered, errors = text.split(" ", 2)
     assert failed == "True", text
-    assert int(delivered) >= 3, text  # results read before the failure are delivered
+    assert int(delivered) >= 1, text  # results read before the failure are delivered
     assert errors.strip() in ("[]", "['BrokenProcessPool']"), text
 
 
