@@ -57,9 +57,6 @@ class Traffic:
         self.payload_size = 0  # bytes per pickled task, running average
 
     # -- the queue (caller holds the lock) -------------------------------------------------------
-    def enqueue(self, task: Task) -> None:
-        self.queue.append(task)
-
     def queued(self) -> int:
         return sum(task.state == QUEUED for task in self.queue)
 
@@ -337,8 +334,9 @@ class Traffic:
     def on_results(self, worker: Worker, frames: Iterable[_wire.Frame]) -> None:
         """Book the frames a worker sent (caller holds the lock); their payloads are unpickled
         later, unlocked, by `Outcomes.deliver`."""
-        unpack, inflight, outcomes = _wire.RESULT.unpack_from, worker.inflight, self.outcomes
-        count = freed = 0
+        unpack, inflight = _wire.RESULT.unpack_from, worker.inflight
+        done: list[tuple[Task, bool, _wire.Frame]] = []
+        freed = 0
         seconds = 0.0
         for body in frames:
             if len(body) < _wire.RESULT.size:  # out of step: trust nothing more from it
@@ -365,9 +363,10 @@ class Traffic:
                 continue
             freed += task.nbytes
             seconds += took
-            count += 1
-            outcomes.result(task, kind == _wire.OK, body)
-        if count:
+            done.append((task, kind == _wire.OK, body))
+        if done:
+            count = len(done)
+            self.outcomes.results(done)
             worker.bytes_ahead -= freed
             mean, average = seconds / count, self.average
             if average is None:
