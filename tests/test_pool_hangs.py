@@ -421,3 +421,40 @@ def test_a_cancel_of_the_only_sent_task_does_not_leave_the_manager_asleep(tmp_pa
         with pytest.raises(CancelledError):
             waiting.result(timeout=0)
         assert pool.submit(tasks.square, 3).result(timeout=10) == 9
+
+
+REMOVED_BEFORE_A_SPAWN = """
+import multiprocessing, time
+import pool_tasks as tasks
+from procthrottle import ProcessSemaphore, ThrottledProcessPool
+
+def remove(sem):
+    sem.unlink()  # an anonymous set: removed from the host (the pool's handle stays open)
+
+if __name__ == "__main__":
+    sem = ProcessSemaphore(1)
+    spawn = multiprocessing.get_context("spawn")
+    pool = ThrottledProcessPool(1, semaphore=sem, mp_context=spawn, max_tasks_per_child=1)
+    first = pool.submit(tasks.nap, 1.0)
+    while not first.running():
+        time.sleep(0.01)
+    child = multiprocessing.get_context("fork").Process(target=remove, args=(sem,))
+    child.start()
+    child.join()
+    first.result(timeout=30)  # it held its permit already; its replacement cannot open the set
+    try:
+        pool.submit(tasks.square, 2).result(timeout=30)
+    except Exception as exc:
+        print(type(exc).__name__, "|", exc)
+    print("started", pool.stats()["workers_started"])
+    pool.shutdown()
+"""
+
+
+def test_a_semaphore_gone_before_a_worker_starts_breaks_the_pool_naming_it() -> None:
+    out = tasks.run_script(REMOVED_BEFORE_A_SPAWN, timeout=90)
+    text = _ok(out)
+    assert text.startswith("BrokenProcessPool | "), text
+    assert "could not open the pool's semaphore" in text, text
+    assert "SemaphoreClosedError" in text, text
+    assert int(text.rsplit(" ", 1)[1]) == 2, text  # no retries: the cause is known

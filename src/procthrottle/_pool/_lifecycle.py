@@ -150,8 +150,15 @@ class Workers:
     def _on_start_failure(self, worker: Worker, code: int | None) -> None:
         if worker.init_error is not None:
             cause = _wire.decode_error(worker.init_error)
+            if worker.init_kind == _wire.OPEN_FAILED:
+                why = (
+                    "it could not open the pool's semaphore or rate limiter (unlinked or "
+                    "removed from the host?):"
+                )
+            else:
+                why = "its initializer raised"
             broken = BrokenProcessPool(
-                f"A process in the pool failed to start: its initializer raised "
+                f"A process in the pool failed to start: {why} "
                 f"{type(cause).__name__}: {cause}. The pool is broken."
             )
             broken.__cause__ = cause

@@ -84,6 +84,7 @@ class Worker:
         self.ready = False
         self.dead = False
         self.init_error: bytes | None = None
+        self.init_kind = 0  # the frame kind that brought init_error
         self.timed_out = 0  # seq of the task we killed this worker for
 
     def claimed(self) -> int:

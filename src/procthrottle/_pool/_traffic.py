@@ -355,8 +355,9 @@ class Traffic:
                     worker.skipped = max(worker.skipped, seq)
                 elif kind == _wire.READY:
                     self.engine.workers.started(worker)
-                else:  # INIT_FAILED
+                else:  # INIT_FAILED, OPEN_FAILED
                     worker.init_error = bytes(body[_wire.RESULT.size :])
+                    worker.init_kind = kind
                 continue
             task = inflight.pop(seq, None)
             if task is None:  # pragma: no cover - a result for a task we do not hold
