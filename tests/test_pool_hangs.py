@@ -40,10 +40,10 @@ if __name__ == "__main__":
     fork = multiprocessing.get_context("fork")
     with ThrottledProcessPool(1, 1, mp_context=fork) as pool:
         pool.submit(tasks.noop).result(timeout=10)
-        busy = pool.submit(tasks.nap, 3.0)
+        busy = pool.submit(tasks.nap, 8.0)
         while pool.stats()["cancelled"] < RING_SIZE + 200:  # more than the worker's ring holds
             batch = [pool.submit(tasks.noop) for _ in range(50)]
-            deadline = time.monotonic() + 0.2  # a full ring keeps them queued: that is fine
+            deadline = time.monotonic() + 0.05  # a full ring keeps them queued: that is fine
             while pool.stats()["queued"] and time.monotonic() < deadline:
                 time.sleep(0.001)
             for f in batch:
@@ -51,7 +51,7 @@ if __name__ == "__main__":
             if busy.done():
                 raise SystemExit("the long task ended too early for this test")
         revoked = pool.stats()["cancelled"]
-        busy.result(timeout=10)
+        busy.result(timeout=30)
         assert pool.submit(tasks.square, 7).result(timeout=10) == 49, pool.stats()
         print("ok", revoked)
 """
@@ -118,6 +118,9 @@ def test_futures_cancelled_by_shutdown_are_done_for_wait_and_as_completed() -> N
     pool = ThrottledProcessPool(1, 1)
     busy = pool.submit(tasks.nap, 0.5)
     later = [pool.submit(tasks.noop) for _ in range(50)]
+    deadline = time.monotonic() + 30
+    while not busy.running() and time.monotonic() < deadline:
+        time.sleep(0.001)
     waited: list[tuple[set[object], set[object]]] = []
     import threading
 
@@ -245,7 +248,7 @@ if __name__ == "__main__":
 
     def on_results(self, *args, **kwargs):
         out = original(self, *args, **kwargs)
-        if not failed and self.engine.outcomes.pending_count() >= 3:
+        if not failed and self.engine.outcomes.pending_count() >= 1:
             failed.append(1)
             raise RuntimeError("a bug in the manager")
         return out
@@ -268,7 +271,7 @@ def test_a_failing_manager_resolves_every_future_it_holds() -> None:
     text = _ok(out)
     failed, delivered, errors = text.split(" ", 2)
     assert failed == "True", text
-    assert int(delivered) >= 3, text  # results read before the failure are delivered
+    assert int(delivered) >= 1, text  # results read before the failure are delivered
     assert errors.strip() in ("[]", "['BrokenProcessPool']"), text
 
 
@@ -418,3 +421,40 @@ def test_a_cancel_of_the_only_sent_task_does_not_leave_the_manager_asleep(tmp_pa
         with pytest.raises(CancelledError):
             waiting.result(timeout=0)
         assert pool.submit(tasks.square, 3).result(timeout=10) == 9
+
+
+REMOVED_BEFORE_A_SPAWN = """
+import multiprocessing, time
+import pool_tasks as tasks
+from procthrottle import ProcessSemaphore, ThrottledProcessPool
+
+def remove(sem):
+    sem.unlink()  # an anonymous set: removed from the host (the pool's handle stays open)
+
+if __name__ == "__main__":
+    sem = ProcessSemaphore(1)
+    spawn = multiprocessing.get_context("spawn")
+    pool = ThrottledProcessPool(1, semaphore=sem, mp_context=spawn, max_tasks_per_child=1)
+    first = pool.submit(tasks.nap, 1.0)
+    while not first.running():
+        time.sleep(0.01)
+    child = multiprocessing.get_context("fork").Process(target=remove, args=(sem,))
+    child.start()
+    child.join()
+    first.result(timeout=30)  # it held its permit already; its replacement cannot open the set
+    try:
+        pool.submit(tasks.square, 2).result(timeout=30)
+    except Exception as exc:
+        print(type(exc).__name__, "|", exc)
+    print("started", pool.stats()["workers_started"])
+    pool.shutdown()
+"""
+
+
+def test_a_semaphore_gone_before_a_worker_starts_breaks_the_pool_naming_it() -> None:
+    out = tasks.run_script(REMOVED_BEFORE_A_SPAWN, timeout=90)
+    text = _ok(out)
+    assert text.startswith("BrokenProcessPool | "), text
+    assert "could not open the pool's semaphore" in text, text
+    assert "SemaphoreClosedError" in text, text
+    assert int(text.rsplit(" ", 1)[1]) == 2, text  # no retries: the cause is known

@@ -104,8 +104,8 @@ class Engine:
                 raise RuntimeError("cannot schedule new futures after interpreter shutdown")
             if self.closing:
                 raise RuntimeError("cannot schedule new futures after shutdown")
-            self.traffic.enqueue(task)
-            self.outcomes.count("submitted")
+            self.traffic.queue.append(task)  # the hot path: Traffic's queue, appended inline
+            self.outcomes.counts["submitted"] += 1
             wake, self.sleeping = self.sleeping, False
         if wake:
             self._wake()

@@ -12,7 +12,8 @@ from .._async._wakeup import new_waiter
 
 T = TypeVar("T")
 
-logger = logging.getLogger("procthrottle")
+#: Where ``Future`` itself logs a callback's error: the same place for ours.
+logger = logging.getLogger("concurrent.futures")
 
 
 #: The name of every pool's manager thread (the thread that resolves futures with results).

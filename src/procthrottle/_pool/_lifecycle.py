@@ -150,8 +150,15 @@ class Workers:
     def _on_start_failure(self, worker: Worker, code: int | None) -> None:
         if worker.init_error is not None:
             cause = _wire.decode_error(worker.init_error)
+            if worker.init_kind == _wire.OPEN_FAILED:
+                why = (
+                    "it could not open the pool's semaphore or rate limiter (unlinked or "
+                    "removed from the host?):"
+                )
+            else:
+                why = "its initializer raised"
             broken = BrokenProcessPool(
-                f"A process in the pool failed to start: its initializer raised "
+                f"A process in the pool failed to start: {why} "
                 f"{type(cause).__name__}: {cause}. The pool is broken."
             )
             broken.__cause__ = cause
@@ -183,12 +190,9 @@ class Workers:
             with contextlib.suppress(KeyError, ValueError, OSError):
                 if fd >= 0:
                     selector.unregister(fd)
-        if worker.writing:
-            with contextlib.suppress(KeyError, ValueError, OSError):
-                selector.unregister(worker.task_fd)
-            worker.writing = False
-        worker.out.clear()
-        worker.out_bytes = worker.held = 0
+        with contextlib.suppress(KeyError, ValueError, OSError):
+            worker.outbox.watch(selector, worker, False)
+        worker.outbox.clear()
         worker.task_conn.close()
         worker.result_conn.close()
         worker.task_fd = worker.result_fd = -1  # their numbers are free for new descriptors
@@ -206,7 +210,7 @@ class Workers:
         with self.engine.lock:
             workers = list(self.live)
             for worker in workers:
-                if not kill and not worker.out and worker.task_fd >= 0:
+                if not kill and not worker.outbox and worker.task_fd >= 0:
                     with contextlib.suppress(OSError):  # full (not idle) or gone: EOF, kill
                         os.write(worker.task_fd, stop)
                 worker.dead = True

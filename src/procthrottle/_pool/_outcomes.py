@@ -52,11 +52,18 @@ class Outcomes:
     def pending_count(self) -> int:
         return len(self.pending)
 
-    def result(self, task: Task, ok: bool, body: _wire.Frame) -> None:
-        """The worker sent the task's result (``ok``) or exception, still pickled."""
-        task.end(DONE)
-        self.counts["completed" if ok else "failed"] += 1
-        self.pending.append((task.future, PICKLED_RESULT if ok else PICKLED_ERROR, body))
+    def results(self, done: list[tuple[Task, bool, _wire.Frame]]) -> None:
+        """Workers sent these tasks' results (``ok``) or exceptions, still pickled."""
+        append = self.pending.append
+        completed = 0
+        for task, ok, body in done:
+            task.state = DONE
+            task.worker = None
+            task.fn = task.args = task.kwargs = None  # type: ignore[assignment]
+            completed += ok
+            append((task.future, PICKLED_RESULT if ok else PICKLED_ERROR, body))
+        self.counts["completed"] += completed
+        self.counts["failed"] += len(done) - completed
 
     def fail(self, task: Task, exc: BaseException, why: str | None = None) -> None:
         """The task ends with ``exc`` (``why``: the counter of the cause, e.g. ``crashed``)."""

@@ -5,13 +5,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import signal
-from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from typing import Any
 
 from . import _wire
 from ._futures import TaskFuture
+from ._outbox import SMALL as SMALL
+from ._outbox import Outbox
 from ._worker import CLAIMED, EXIT_BAD_FRAME
 
 logger = logging.getLogger("procthrottle")
@@ -29,9 +30,6 @@ STEAL_AFTER = 0.002
 #: the pool.
 MAX_START_FAILURES = 3
 PIPE_SIZE = 1 << 20
-#: Pickled tasks smaller than this are copied into one buffer per write; larger ones are
-#: written from where pickle put them.
-SMALL = 1 << 16
 
 QUEUED, SENT, DONE, CANCELLED = range(4)
 
@@ -78,10 +76,7 @@ class Worker:
         self.reader = _wire.FrameReader(self.result_fd)
         self.shared, self.lock = shared, lock
         self.inflight: dict[int, Task] = {}  # seq -> task, in the order sent
-        self.out: deque[bytes | bytearray | memoryview] = deque()  # parts not yet written
-        self.out_bytes = 0
-        self.held = 0  # whole size of the large pickles in `out` (memory, until fully written)
-        self.writing = False  # task_fd is registered for EVENT_WRITE
+        self.outbox = Outbox(self.task_fd)  # frames the task pipe has not taken yet
         self.next_seq = 1
         self.skipped = 0  # the worker said it read past every seq up to this one (SKIPPED)
         self.assigned = 0  # tasks sent and not revoked: max_tasks_per_child counts these
@@ -89,6 +84,7 @@ class Worker:
         self.ready = False
         self.dead = False
         self.init_error: bytes | None = None
+        self.init_kind = 0  # the frame kind that brought init_error
         self.timed_out = 0  # seq of the task we killed this worker for
 
     def claimed(self) -> int:

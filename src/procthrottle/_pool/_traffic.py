@@ -18,10 +18,8 @@ Runs on the manager thread, under the pool's lock for the books (``cancel`` also
 from __future__ import annotations
 
 import contextlib
-import itertools
 import os
 import pickle
-import selectors
 import signal
 import time
 from collections import deque
@@ -36,7 +34,6 @@ from ._records import (
     MIN_DEPTH,
     QUEUED,
     SENT,
-    SMALL,
     STEAL_AFTER,
     Planned,
     Task,
@@ -60,9 +57,6 @@ class Traffic:
         self.payload_size = 0  # bytes per pickled task, running average
 
     # -- the queue (caller holds the lock) -------------------------------------------------------
-    def enqueue(self, task: Task) -> None:
-        self.queue.append(task)
-
     def queued(self) -> int:
         return sum(task.state == QUEUED for task in self.queue)
 
@@ -164,7 +158,7 @@ class Traffic:
         if not worker.ready or worker.dead:
             return 0
         if worker.inflight and (
-            worker.bytes_ahead >= MAX_BYTES_AHEAD or worker.out_bytes >= MAX_BYTES_AHEAD
+            worker.bytes_ahead >= MAX_BYTES_AHEAD or worker.outbox.unwritten >= MAX_BYTES_AHEAD
         ):
             return 0
         if worker.next_seq - worker.consumed() >= RING_SIZE - 1:
@@ -177,7 +171,7 @@ class Traffic:
     def _unwritten(self) -> int:
         """Pickled bytes the parent holds until the pipes took them (a large pickle counts
         whole until its last byte is written)."""
-        return sum(max(w.out_bytes, w.held) for w in self.engine.workers)
+        return sum(w.outbox.memory() for w in self.engine.workers)
 
     def plan(self, plan: list[Planned]) -> None:
         """Assign queued tasks to workers, the least loaded first, each up to its depth
@@ -296,7 +290,6 @@ class Traffic:
                 add(data)
             del call
         back: list[Task] = []
-        blobs: dict[Worker, bytearray] = {}
         pack_header = _wire.TASK_HEADER.pack
         sizes = [len(p) for p in payloads if isinstance(p, bytes)]
         with self.engine.lock:
@@ -316,56 +309,16 @@ class Traffic:
                 size = len(payload)
                 worker.bytes_ahead += size - task.nbytes
                 task.nbytes = size
-                header = pack_header(_wire.TASK.size + size, seq)
-                if size < SMALL:
-                    blob = blobs.get(worker)
-                    if blob is None:
-                        blob = blobs[worker] = bytearray()
-                        worker.out.append(blob)  # filled below, before anyone writes it
-                    blob += header
-                    blob += payload
-                else:
-                    worker.out.append(header)
-                    worker.out.append(payload)  # not copied: written from where pickle put it
-                    worker.held += size
-                    blobs.pop(worker, None)
-                worker.out_bytes += len(header) + size
+                worker.outbox.add(pack_header(_wire.TASK.size + size, seq), payload)
+            for worker in budget:
+                worker.outbox.end_batch()
             self.queue.extendleft(reversed(back))
         plan.clear()
         payloads.clear()
 
     def flush(self, worker: Worker) -> None:
-        out = worker.out
-        while out and not worker.dead:
-            parts = list(itertools.islice(out, 512))
-            try:
-                written = os.writev(worker.task_fd, parts)
-            except BlockingIOError:
-                break
-            except OSError:  # the worker is gone; its sentinel tells the rest
-                out.clear()
-                worker.out_bytes = worker.held = 0
-                break
-            worker.out_bytes -= written
-            for part in parts:
-                if written >= len(part):
-                    written -= len(part)
-                    whole = part.obj if isinstance(part, memoryview) else part
-                    if type(whole) is bytes and len(whole) >= SMALL:  # a large pickle: freed
-                        worker.held -= len(whole)
-                    out.popleft()
-                else:
-                    out[0] = memoryview(part)[written:]
-                    break
-            del parts
-        want = bool(out) and not worker.dead
-        if want != worker.writing:
-            selector = self.engine.selector
-            if want:
-                selector.register(worker.task_fd, selectors.EVENT_WRITE, worker)
-            else:
-                selector.unregister(worker.task_fd)
-            worker.writing = want
+        if not worker.dead:
+            worker.outbox.flush(self.engine.selector, worker)
 
     # -- reading ----------------------------------------------------------------------------------
     def read(self, worker: Worker) -> list[_wire.Frame]:
@@ -381,8 +334,9 @@ class Traffic:
     def on_results(self, worker: Worker, frames: Iterable[_wire.Frame]) -> None:
         """Book the frames a worker sent (caller holds the lock); their payloads are unpickled
         later, unlocked, by `Outcomes.deliver`."""
-        unpack, inflight, outcomes = _wire.RESULT.unpack_from, worker.inflight, self.outcomes
-        count = freed = 0
+        unpack, inflight = _wire.RESULT.unpack_from, worker.inflight
+        done: list[tuple[Task, bool, _wire.Frame]] = []
+        freed = 0
         seconds = 0.0
         for body in frames:
             if len(body) < _wire.RESULT.size:  # out of step: trust nothing more from it
@@ -401,17 +355,19 @@ class Traffic:
                     worker.skipped = max(worker.skipped, seq)
                 elif kind == _wire.READY:
                     self.engine.workers.started(worker)
-                else:  # INIT_FAILED
+                else:  # INIT_FAILED, OPEN_FAILED
                     worker.init_error = bytes(body[_wire.RESULT.size :])
+                    worker.init_kind = kind
                 continue
             task = inflight.pop(seq, None)
             if task is None:  # pragma: no cover - a result for a task we do not hold
                 continue
             freed += task.nbytes
             seconds += took
-            count += 1
-            outcomes.result(task, kind == _wire.OK, body)
-        if count:
+            done.append((task, kind == _wire.OK, body))
+        if done:
+            count = len(done)
+            self.outcomes.results(done)
             worker.bytes_ahead -= freed
             mean, average = seconds / count, self.average
             if average is None:

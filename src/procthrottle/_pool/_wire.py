@@ -4,7 +4,8 @@ Parent -> worker: ``seq`` (int64) + pickled ``(fn, args, kwargs)``; ``seq == STO
 Worker -> parent: ``seq``, ``kind`` and the task's run time, + a payload: the pickled result, or
 an *error blob* that always unpickles (strings, plus the pickled exception when it pickles), so
 an exception the parent cannot rebuild still resolves its future with a clear error. Frames
-without a task: READY / INIT_FAILED (the worker started, or its initializer raised), and
+without a task: READY / INIT_FAILED / OPEN_FAILED (the worker started, or its initializer
+raised, or it could not open the pool's semaphore or rate limiter), and
 SKIPPED (``seq``: the worker read past every task up to it, revoked ones included, and is idle).
 """
 
@@ -27,7 +28,7 @@ TASK = struct.Struct("!q")
 TASK_HEADER = struct.Struct("!Qq")
 RESULT = struct.Struct("!qBd")
 STOP = -1
-OK, ERROR, READY, INIT_FAILED, SKIPPED = range(5)
+OK, ERROR, READY, INIT_FAILED, SKIPPED, OPEN_FAILED = range(6)
 PROTOCOL = pickle.HIGHEST_PROTOCOL
 #: A frame longer than this is read straight into a buffer of its own size (no copies).
 BIG = 1 << 16

@@ -44,6 +44,7 @@ class WorkerBoot:
 
     __slots__ = (
         "close_fds",
+        "failed",
         "initargs",
         "initializer",
         "lock",
@@ -56,6 +57,7 @@ class WorkerBoot:
         "tasks",
     )
     close_fds: list[int]
+    failed: BaseException | None  # the semaphore or rate limiter could not be opened here
     initargs: tuple[Any, ...]
     initializer: Callable[..., object] | None
     lock: Any
@@ -68,15 +70,30 @@ class WorkerBoot:
     tasks: Any  # multiprocessing Connection, read end
 
     def __init__(self, **fields: Any) -> None:
+        self.failed = None
         for key, value in fields.items():
             setattr(self, key, value)
 
     def __getstate__(self) -> dict[str, Any]:
-        return {key: getattr(self, key) for key in self.__slots__}
+        state = {key: getattr(self, key) for key in self.__slots__}
+        # The semaphore and the rate limiter travel as a pickle of their own, opened in
+        # __setstate__: one that cannot be opened any more (unlinked, removed from the host) is
+        # then reported by the worker as the pool's cause (OPEN_FAILED), instead of a bootstrap
+        # traceback and a worker that dies before it is ready, again and again.
+        state["shared_objects"] = pickle.dumps(
+            (state.pop("semaphore"), state.pop("rate")), _wire.PROTOCOL
+        )
+        return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        blob = state.pop("shared_objects")
         for key, value in state.items():
             setattr(self, key, value)
+        try:
+            self.semaphore, self.rate = pickle.loads(blob)
+        except Exception as exc:
+            self.semaphore = self.rate = None  # type: ignore[assignment]
+            self.failed = exc
 
 
 class WorkerState:
@@ -166,6 +183,11 @@ def _serve(boot: WorkerBoot) -> None:
             os.close(fd)
     out = boot.results.fileno()
     reader = _wire.FrameReader(boot.tasks.fileno())
+    if boot.failed is not None:
+        _wire.write_all(
+            out, _wire.result_frame(0, _wire.OPEN_FAILED, 0.0, _wire.encode_error(boot.failed))
+        )
+        return
     state = _state = WorkerState(boot.semaphore, boot.shared, boot.section_mode, boot.rate)
     try:
         if boot.initializer is not None:
