@@ -8,6 +8,7 @@ finding the set and attaching to it is widened here by a pause patched into the 
 from __future__ import annotations
 
 import os
+import pickle
 import subprocess
 import textwrap
 import time
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from helpers import PYTHON, python_env, unique_name
-from procthrottle import ProcessSemaphore
+from procthrottle import ProcessSemaphore, SemaphoreClosedError
 
 pytestmark = pytest.mark.skipif(not os.path.isdir("/proc/sysvipc"), reason="Linux only")
 
@@ -173,3 +174,31 @@ def test_crash_safe_false_name_unlinked_and_made_anew_while_opening(tmp_path: Pa
         second_name = ProcessSemaphore.open(name, crash_safe=False)
         second_name.unlink()
         second_name.close()
+
+
+@pytest.mark.parametrize("crash_safe", [True, False])
+def test_a_handle_unpickled_after_its_name_was_removed_is_an_error_not_a_new_semaphore(
+    crash_safe: bool,
+) -> None:
+    """A named handle sent to a process (a spawn worker, a pool task) joins the name; if the
+    name was unlinked meanwhile, unpickling raises instead of creating a second semaphore of
+    that name whose permits nobody else shares."""
+    name = unique_name("pt-sent")
+    sem = ProcessSemaphore(1, name=name, crash_safe=crash_safe)
+    sent = pickle.dumps(sem)
+    joined = pickle.loads(sent)  # the name exists: the same permits
+    assert joined.acquire(block=False)
+    assert not sem.acquire(block=False)
+    joined.release()
+    joined.close()
+    sem.unlink()
+    with pytest.raises(SemaphoreClosedError, match="removed from the host"):
+        pickle.loads(sent)
+    with pytest.raises(FileNotFoundError):
+        ProcessSemaphore.open(name, crash_safe=crash_safe)  # nothing was made
+    remade = ProcessSemaphore(2, name=name, crash_safe=crash_safe)
+    try:
+        with pytest.raises(SemaphoreClosedError, match="made anew with limit 2"):
+            pickle.loads(sent)
+    finally:
+        remade.unlink()

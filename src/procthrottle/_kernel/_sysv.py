@@ -378,7 +378,23 @@ class SysVSemaphore(ProcessSemaphore):
 def _open_named(
     name: str, limit: int, mode: int = DEFAULT_MODE, crash_safe: bool = True
 ) -> ProcessSemaphore:
-    return ProcessSemaphore(limit, name=name, mode=mode, crash_safe=crash_safe)
+    """Unpickling joins the name the sender had open and never creates it: a name removed
+    from the host since it was sent (``procthrottle unlink``) is an error here, not a second
+    semaphore of that name with permits of its own."""
+    try:
+        sem = ProcessSemaphore.open(name, crash_safe=crash_safe, mode=mode)
+    except FileNotFoundError:
+        raise SemaphoreClosedError(
+            f"the semaphore {name!r} sent to this process was removed from the host (unlinked) "
+            "since: open it again by name in the sender, or send a handle of the new one"
+        ) from None
+    if sem.limit != limit:
+        sem.close()
+        raise SemaphoreClosedError(
+            f"the semaphore {name!r} sent to this process was removed from the host (unlinked) "
+            f"and made anew with limit {sem.limit} (it had {limit}): send a handle of the new one"
+        )
+    return sem
 
 
 def unlink_named(name: str, crash_safe: bool | None = None) -> bool:
