@@ -31,7 +31,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 PEERS = ["pebble", "loky", "aiomultiprocess", "mpire", "aiometer", "aiolimiter",
-         "pyrate_limiter", "limits", "posix_ipc", "matplotlib"]
+         "pyrate_limiter", "filelock", "limits", "throttled", "posix_ipc", "matplotlib"]
 RATIO = re.compile(r"^([0-9.]+)x$")
 HAVE_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
 TARGET = re.compile(r"^([<>]=)\s*([0-9.]+)x?$")
