@@ -8,6 +8,7 @@ they are measured for their cost, not across processes.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import socket
@@ -43,6 +44,20 @@ class Peer:
     prepare: Callable[[Setup], None]  # in the parent, before the processes fork
     make: Callable[[Setup], Acquire]  # in each process
     needs_redis: bool = False
+
+    def missing(self, redis_url: str | None) -> str | None:
+        """Why this peer cannot run here (a package or redis-server missing), or None."""
+        package = self.name.split()[0]
+        module = {"pyrate-limiter": "pyrate_limiter", "throttled-py": "throttled"}.get(
+            package, package
+        )
+        if importlib.util.find_spec(module) is None:
+            return f"{package} not installed (the bench extra)"
+        if "SQLite" in self.name and importlib.util.find_spec("filelock") is None:
+            return "filelock not installed (the bench extra)"
+        if self.needs_redis and (redis_url is None or importlib.util.find_spec("redis") is None):
+            return "no redis-server or redis package"
+        return None
 
 
 def _nothing(setup: Setup) -> None:
@@ -175,18 +190,18 @@ PEERS = [
     Peer("procthrottle RedisRateLimiter", True, _nothing, _ours_redis, needs_redis=True),
     Peer("pyrate-limiter InMemoryBucket", False, _nothing, _pyrate_memory),
     Peer("pyrate-limiter MultiprocessBucket", True, _pyrate_mp_prepare, _pyrate_mp),
-    Peer("pyrate-limiter SQLiteBucket (file lock)", True, _pyrate_sqlite_prepare, _pyrate_sqlite),
+    Peer("pyrate-limiter SQLiteBucket", True, _pyrate_sqlite_prepare, _pyrate_sqlite),
     Peer("pyrate-limiter RedisBucket", True, _nothing, _pyrate_redis, needs_redis=True),
-    Peer("limits MemoryStorage, moving window", False, _nothing, _limits_peer("memory", True)),
-    Peer("limits MemoryStorage, fixed window", False, _nothing, _limits_peer("memory", False)),
-    Peer("limits RedisStorage, moving window", True, _nothing, _limits_peer("redis", True),
+    Peer("limits memory, moving window", False, _nothing, _limits_peer("memory", True)),
+    Peer("limits memory, fixed window", False, _nothing, _limits_peer("memory", False)),
+    Peer("limits Redis, moving window", True, _nothing, _limits_peer("redis", True),
          needs_redis=True),
-    Peer("limits RedisStorage, fixed window", True, _nothing, _limits_peer("redis", False),
+    Peer("limits Redis, fixed window", True, _nothing, _limits_peer("redis", False),
          needs_redis=True),
-    Peer("throttled-py MemoryStore (GCRA, burst 1)", False, _nothing, _throttled("memory")),
-    Peer("throttled-py RedisStore (GCRA, burst 1)", True, _nothing, _throttled("redis"),
+    Peer("throttled-py memory (GCRA)", False, _nothing, _throttled("memory")),
+    Peer("throttled-py Redis (GCRA)", True, _nothing, _throttled("redis"),
          needs_redis=True),
-    Peer("throttled-py RedisStore (GCRA, default burst)", True, _nothing,
+    Peer("throttled-py Redis (GCRA, burst=limit)", True, _nothing,
          _throttled("redis", None), needs_redis=True),
 ]  # fmt: skip
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import multiprocessing
+import os
 import time
 from typing import Any
 
@@ -36,6 +37,8 @@ from procthrottle import AsyncRateLimiter, RateLimiter
 FAST = 10**7  # acquisitions per second: never the bottleneck
 RATE = 10_000.0
 PROCESSES = 4
+#: (peer, utilisation, most in any 1 s / limit, worst deviation from an equal share)
+FIGURE: list[tuple[str, float, float, float]] = []
 
 
 # -- 1. cost ---------------------------------------------------------------------------------
@@ -56,20 +59,20 @@ def sync_costs(n: int, redis_url: str | None, tmp: str) -> list[str]:
     close(ours_setup)
     rows = []
     for peer in PEERS[1:]:
-        if peer.needs_redis and redis_url is None:
-            rows.append(f"| cost of an admission, sync: {peer.name} | | no redis-server | | |")
+        if (why := peer.missing(redis_url)) is not None:
+            rows.append(f"| sync: {peer.name} | | {why} | | |")
             continue
         setup = Setup(FAST, redis_url, tmp)
         calls = n if not peer.cross_process else max(200, n // 100)
         try:
             base = _cost(peer, setup, calls)
         except Exception as exc:  # a peer's failure is a row, not the end of the run
-            rows.append(f"| cost of an admission, sync: {peer.name} | | failed: "
+            rows.append(f"| sync: {peer.name} | | failed: "
                         f"{type(exc).__name__} | | |")  # fmt: skip
             continue
-        where = "cross-process" if peer.cross_process else "in-process"
+        where = "" if peer.cross_process else " [1 process]"
         rows.append(
-            f"| cost of an admission, sync: RateLimiter vs {peer.name} ({where}) "
+            f"| sync: RateLimiter vs {peer.name}{where} "
             f"| {ours * 1e6:.2f} µs | {base * 1e6:.2f} µs | {ours / base:.2f}x | |"
         )
     return rows
@@ -90,39 +93,48 @@ def async_costs(n: int) -> list[str]:
     ours = asyncio.run(_async_loop(AsyncRateLimiter(limiter).acquire, n))
     ours_trio = anyio.run(_async_loop, AsyncRateLimiter(limiter).acquire, n, backend="trio")
     limiter.close()
-    rows = []
+    rows = [f"| async: AsyncRateLimiter (asyncio) | {ours * 1e6:.2f} µs | | | |",
+            f"| async: AsyncRateLimiter (trio) | {ours_trio * 1e6:.2f} µs | | | |"]  # fmt: skip
+    for label, target, make, calls in [
+        ("aiolimiter [1 process]", "<= 2.5x", _aiolimiter, n),
+        ("pyrate-limiter in-memory [1 process]", "", _pyrate_async, max(200, n // 10)),
+        ("throttled-py memory [1 process]", "", _throttled_async, max(200, n // 10)),
+    ]:
+        try:
+            acquire = make()
+        except ImportError:
+            rows.append(f"| async: {label} | | not installed | | |")
+            continue
+        base = asyncio.run(_async_loop(acquire, calls))
+        rows.append(
+            f"| async: AsyncRateLimiter vs {label} "
+            f"| {ours * 1e6:.2f} µs | {base * 1e6:.2f} µs | {ours / base:.2f}x | {target} |"
+        )
+    return rows
+
+
+def _aiolimiter() -> Any:
     from aiolimiter import AsyncLimiter
 
-    base = asyncio.run(_async_loop(AsyncLimiter(FAST, 1).acquire, n))
-    rows.append(
-        f"| cost of an admission, async: AsyncRateLimiter (asyncio) vs aiolimiter (in-process) "
-        f"| {ours * 1e6:.2f} µs | {base * 1e6:.2f} µs | {ours / base:.2f}x | <= 2.5x |"
-    )
-    rows.append(
-        f"| cost of an admission, async: AsyncRateLimiter (trio) vs aiolimiter (asyncio) "
-        f"| {ours_trio * 1e6:.2f} µs | {base * 1e6:.2f} µs | {ours_trio / base:.2f}x | |"
-    )
+    return AsyncLimiter(FAST, 1).acquire
+
+
+def _pyrate_async() -> Any:
     from pyrate_limiter import Duration, InMemoryBucket, Limiter, Rate
 
     pyrate = Limiter(InMemoryBucket([Rate(FAST, Duration.SECOND)]))
 
-    async def pyrate_acquire() -> None:
+    async def acquire() -> None:
         await pyrate.try_acquire_async("bench")
 
-    base = asyncio.run(_async_loop(pyrate_acquire, max(200, n // 10)))
-    rows.append(
-        f"| cost of an admission, async: AsyncRateLimiter vs pyrate-limiter InMemoryBucket "
-        f"(in-process) | {ours * 1e6:.2f} µs | {base * 1e6:.2f} µs | {ours / base:.2f}x | |"
-    )
+    return acquire
+
+
+def _throttled_async() -> Any:
     from throttled.asyncio import MemoryStore, Throttled, per_sec
 
-    throttle = Throttled(key="bench", using="gcra", quota=per_sec(FAST), store=MemoryStore())
-    base = asyncio.run(_async_loop(throttle.limit, max(200, n // 10)))
-    rows.append(
-        f"| cost of an admission, async: AsyncRateLimiter vs throttled-py MemoryStore "
-        f"(in-process) | {ours * 1e6:.2f} µs | {base * 1e6:.2f} µs | {ours / base:.2f}x | |"
-    )
-    return rows
+    quota = per_sec(FAST, burst=1)
+    return Throttled(key="bench", using="gcra", quota=quota, store=MemoryStore()).limit
 
 
 # -- 2, 3. four processes against one limit --------------------------------------------------
@@ -224,6 +236,7 @@ def shared_run(label: str, peer: Peer | None, kinds: list[str], setup: Setup,
     equal = total / len(shares)
     spread = max(abs(share - equal) for share in shares) / equal if equal else 0.0
     share_text = " / ".join(f"{share / total:.0%}" for share in shares) if total else "-"
+    FIGURE.append((label, total / (setup.rate * seconds), most / setup.rate, spread))
     return (
         f"| {label} | {total / (setup.rate * seconds):.3f} | {most / setup.rate:.3f} "
         f"| {share_text} | {spread:.0%} |"
@@ -233,22 +246,23 @@ def shared_run(label: str, peer: Peer | None, kinds: list[str], setup: Setup,
 def shared_runs(seconds: float, redis_url: str | None, tmp: str) -> list[str]:
     rows = [
         "",
-        f"| {PROCESSES} processes, one limit of {RATE:,.0f}/s, {seconds:g} s | utilisation "
-        f"| most in any 1 s / limit | shares (equal demand) | worst deviation from equal |",
+        f"| {PROCESSES} processes (1 thread each unless said), one limit of {RATE:,.0f}/s, "
+        f"{seconds:g} s | utilisation | most in any 1 s / limit | shares (equal demand, in "
+        f"process order) | worst deviation from equal |",
         "|---|---|---|---|---|",
     ]
     for peer in PEERS:
         if not peer.cross_process:
             continue
-        if peer.needs_redis and redis_url is None:
-            rows.append(f"| {peer.name} | no redis-server | | | |")
+        if (why := peer.missing(redis_url)) is not None:
+            rows.append(f"| {peer.name} | {why} | | | |")
             continue
-        label = f"{peer.name}, 1 thread each"
+        label = peer.name
         rows.append(shared_run(label, peer, ["sync"] * PROCESSES, Setup(RATE, redis_url, tmp),
                                seconds))  # fmt: skip
     for label, kinds in [
         ("procthrottle AsyncRateLimiter, 10 asyncio tasks each", ["asyncio"] * PROCESSES),
-        ("procthrottle, 10 threads / asyncio / trio / asyncio tasks (shares in that order)",
+        ("procthrottle, 10 threads / asyncio / trio / asyncio tasks",
          ["threads", "asyncio", "trio", "asyncio"]),
     ]:  # fmt: skip
         rows.append(shared_run(label, None, kinds, Setup(RATE, redis_url, tmp), seconds))
@@ -299,6 +313,41 @@ def main() -> None:
         print("\n".join(shared_runs(seconds, redis_url, tmp)), flush=True)
     print("\n| measure | result | compared | target |\n|---|---|---|---|")
     print("\n".join(cpu_while_waiting(0.5 if args.quick else 2.0)))
+    if os.environ.get("BENCH_IMG"):  # set by `python -m benchmarks`
+        plot_shared(os.path.join(os.environ["BENCH_IMG"], "bench-rate-processes.png"), seconds)
+
+
+def plot_shared(path: str, seconds: float) -> None:
+    """Utilisation, accuracy and fairness of every peer across processes, side by side."""
+    try:
+        import matplotlib
+    except ImportError:
+        return
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [label if len(label) < 48 else label[:45] + "..." for label, *_ in FIGURE]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 0.42 * len(FIGURE) + 1.6), sharey=True)
+    for ax, column, title, ideal in [
+        (axes[0], 1, "utilisation (admitted / limit x time)", 1.0),
+        (axes[1], 2, "most in any 1 s / limit", 1.0),
+        (axes[2], 3, "worst deviation from an equal share", 0.0),
+    ]:
+        values = [row[column] for row in FIGURE]
+        colors = ["#3b7dd8" if row[0].startswith("procthrottle") else "#999999" for row in FIGURE]
+        ax.barh(range(len(values)), values, color=colors)
+        for i, value in enumerate(values):
+            ax.text(value, i, f" {value:.2f}", va="center", fontsize=7)
+        ax.axvline(ideal, color="#d83b3b", lw=1)
+        ax.set_title(title, fontsize=9)
+        ax.tick_params(axis="x", labelsize=8)
+    axes[0].set_yticks(range(len(labels)), labels, fontsize=8)
+    axes[0].invert_yaxis()
+    fig.suptitle(f"{PROCESSES} processes, one limit of {RATE:,.0f}/s, {seconds:g} s "
+                 "(red: ideal; blue: procthrottle)", fontsize=10)  # fmt: skip
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 if __name__ == "__main__":
