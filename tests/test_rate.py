@@ -643,3 +643,32 @@ def test_compare_and_swap_is_exact_on_every_word() -> None:
     assert store.cas1(2**40 + 1, 2**40 + 2**16)  # the refused update left no stale words
     assert store.read() == [2**40 + 2**16]
     limiter.close()
+
+
+def test_a_window_quota_update_is_one_exact_swap() -> None:
+    """With quotas, an update changes the main TAT and each quota's position, count and
+    entry in one `semop` that checks every word: one computed on a stale view changes
+    nothing, and giving a reservation back restores every value."""
+    limiter = RateLimiter(1000, burst=2, extra=[(3, 10)])
+    store = limiter._store
+    first = limiter._reserve(2, None)
+    assert first is not None
+    stale = limiter._reserve(1, None)  # the quota's last unit
+    assert stale is not None
+    assert limiter._give_back(stale)
+    snapshot = list(store.read_values())
+    other = limiter._reserve(1, None)  # someone else takes it meanwhile
+    assert other is not None
+    after_other = list(store.read_values())
+    assert not store.swap_pairs(stale[1], stale[2])  # computed before `other`: refused
+    assert list(store.read_values()) == after_other
+    assert not limiter._give_back(first)  # not the latest any more: nothing undone
+    assert limiter._give_back(other)
+    assert list(store.read_values()) == snapshot
+    # The quota is used up: the next unit waits until the first two are 10 s old.
+    assert limiter._reserve(1, None) is not None
+    assert limiter._reserve(1, 0) is None
+    late = limiter._reserve(1, None)
+    assert late is not None
+    assert late[0] >= first[0] + 10 * 10**9
+    limiter.close()
