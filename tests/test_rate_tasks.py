@@ -108,10 +108,16 @@ def stall_in_update(name: str, marker: str, where: str, extra: list[tuple[float,
 
 
 def fair_worker(
-    limiter: RateLimiter, kind: str, waiters: int, path: str, t0: float, end: float
+    limiter: RateLimiter, kind: str, waiters: int, path: str, start: Any, seconds: float
 ) -> None:
-    """``waiters`` threads, asyncio or trio tasks acquire until ``end``; one line per process:
-    the pid and the times of its admissions."""
+    """``waiters`` threads, asyncio or trio tasks acquire for ``seconds`` from the time the
+    parent puts in ``start`` (a shared ``(ready barrier, go event, t0 value)``) once every
+    process is ready; one line per process: the pid and the times of its admissions."""
+    ready, go, shared_t0 = start
+    ready.wait()  # imports done
+    go.wait()
+    t0 = shared_t0.value
+    end = t0 + seconds
     times: list[float] = []
 
     def thread() -> None:
