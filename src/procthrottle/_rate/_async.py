@@ -92,9 +92,10 @@ class AsyncRateLimiter:
     calls that never block), as a blocked thread does, and sleeps on the event loop: 10,000
     waiting tasks cost no thread, and processes with as many waiters, whether threads, asyncio
     or trio tasks, get equal shares. The waiters of one process (per event loop) asking the
-    same weight are served first come, first served. A waiter that is cancelled or times out leaves its slot to the
-    next waiter of its loop; the one slot this leaves over goes back to the shared state when
-    no reservation was made after it, and otherwise to the next waiter to arrive.
+    same weight are served first come, first served. A waiter that is cancelled or times out
+    leaves its slot to the next waiter of its loop asking that weight; the one slot this leaves
+    over goes back to the shared state when no reservation was made after it, and otherwise to
+    the next waiter to arrive.
 
     Args:
         limiter: A `RateLimiter`, or the arguments of an anonymous one: a number per second
