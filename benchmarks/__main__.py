@@ -10,6 +10,8 @@ its baselines in the same run, as ratios), keeps the median of each row, and wri
   includes it);
 * ``docs/img/bench-<script>.png``: the ratios side by side, with the targets;
 * ``docs/img/scaling-*.png``: the pool's scaling curves against ProcessPoolExecutor.
+* plots a script draws itself into the same folder (it is told where in ``BENCH_IMG``), e.g.
+  ``docs/img/bench-rate-processes.png``.
 
 ``--quick`` runs each script once at smoke-test sizes (about a minute in all), and writes its
 page and plots into a new temporary folder (printed) unless ``--results``/``--img`` say where:
@@ -33,7 +35,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 PEERS = ["pebble", "loky", "aiomultiprocess", "mpire", "aiometer", "aiolimiter",
-         "pyrate_limiter", "limits", "posix_ipc", "matplotlib"]
+         "pyrate_limiter", "filelock", "limits", "throttled", "posix_ipc", "matplotlib"]
 RATIO = re.compile(r"^([0-9.]+)x$")
 HAVE_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
 TARGET = re.compile(r"^([<>]=)\s*([0-9.]+)x?$")
@@ -63,13 +65,14 @@ def machine() -> str:
 Table = tuple[list[str], list[list[str]]]  # header cells, rows of cells
 
 
-def run_script(script: Path, quick: bool, curves: Path | None) -> list[Table]:
+def run_script(script: Path, quick: bool, curves: Path | None, img: Path) -> list[Table]:
     """The markdown tables the script printed, each with its own header."""
     command = [sys.executable, script.name] + (["--quick"] if quick else [])
     if curves is not None:
         command += ["--json", str(curves)]
     print(f"== {script.name}", flush=True)
-    out = subprocess.run(command, cwd=HERE, capture_output=True, text=True, check=False)
+    env = {**os.environ, "BENCH_IMG": str(img)}  # where a script may draw plots of its own
+    out = subprocess.run(command, cwd=HERE, capture_output=True, text=True, check=False, env=env)
     if out.returncode != 0:
         sys.exit(f"{script.name} failed (exit {out.returncode}):\n{out.stderr[-4000:]}")
     lines = [line.strip() for line in out.stdout.splitlines()]
@@ -220,7 +223,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for script in scripts:
             json_path = Path(tmp) / "curves.json" if script.name == "bench_scaling.py" else None
-            runs = [run_script(script, args.quick, json_path) for _ in range(repeats)]
+            runs = [run_script(script, args.quick, json_path, img) for _ in range(repeats)]
             tables = median_tables(runs)
             if json_path is not None and json_path.exists():
                 curves = json.loads(json_path.read_text())

@@ -32,16 +32,24 @@ def test_equal_demand_gets_equal_shares(mix: str, tmp_path: Path) -> None:
     rate, waiters, seconds = 100.0, 20, 5.0
     limiter = RateLimiter(rate)
     path = tmp_path / "admissions"
-    t0 = time.monotonic() + 4.0  # every child started (spawn imports take a while)
-    end = t0 + seconds
     context = multiprocessing.get_context("spawn")
+    # Everyone starts at the same instant once every child has imported what it needs.
+    start = (context.Barrier(len(kinds) + 1), context.Event(), context.Value("d", 0.0))
     children = [
-        context.Process(target=tasks.fair_worker, args=(limiter, kind, waiters, str(path), t0, end))
+        context.Process(
+            target=tasks.fair_worker, args=(limiter, kind, waiters, str(path), start, seconds)
+        )
         for kind in kinds
     ]
     for child in children:
         child.start()
+    t0 = end = 0.0
     try:
+        start[0].wait(timeout=60)
+        t0 = time.monotonic() + 0.2
+        end = t0 + seconds
+        start[2].value = t0
+        start[1].set()
         for child in children:
             child.join(60)
             assert child.exitcode == 0, (child.exitcode, kinds)

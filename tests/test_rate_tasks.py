@@ -73,7 +73,7 @@ def acquire_times(limiter: RateLimiter | RedisRateLimiter, count: int, *tag: obj
     return times
 
 
-def stall_in_update(name: str, marker: str, where: str) -> None:
+def stall_in_update(name: str, marker: str, where: str, extra: list[tuple[float, float]]) -> None:
     """Open the named limiter, then stall forever inside a state update (for SIGKILL).
 
     ``compute``: after reading the state, before computing the new one; ``swap``: with the
@@ -81,7 +81,7 @@ def stall_in_update(name: str, marker: str, where: str) -> None:
     """
     from procthrottle._rate import _clock, _store
 
-    limiter = RateLimiter(50, name=name, burst=2)
+    limiter = RateLimiter(50, name=name, burst=2, extra=extra)
     limiter._cache = None  # read the shared state first, as a process that lost a race does
 
     def stall() -> None:
@@ -103,15 +103,21 @@ def stall_in_update(name: str, marker: str, where: str) -> None:
             stall()
             return real_semop(*args)
 
-        _store.semop = slow_semop  # type: ignore[assignment]
+        _store.semop = _store._semop = slow_semop  # type: ignore[assignment]
     limiter.acquire()
 
 
 def fair_worker(
-    limiter: RateLimiter, kind: str, waiters: int, path: str, t0: float, end: float
+    limiter: RateLimiter, kind: str, waiters: int, path: str, start: Any, seconds: float
 ) -> None:
-    """``waiters`` threads, asyncio or trio tasks acquire until ``end``; one line per process:
-    the pid and the times of its admissions."""
+    """``waiters`` threads, asyncio or trio tasks acquire for ``seconds`` from the time the
+    parent puts in ``start`` (a shared ``(ready barrier, go event, t0 value)``) once every
+    process is ready; one line per process: the pid and the times of its admissions."""
+    ready, go, shared_t0 = start
+    ready.wait()  # imports done
+    go.wait()
+    t0 = shared_t0.value
+    end = t0 + seconds
     times: list[float] = []
 
     def thread() -> None:

@@ -28,7 +28,7 @@ class _Waiter:
 
 
 class _Line:
-    """The waiters of one event loop and the slots reserved for them.
+    """The waiters of one event loop asking one weight, and the slots reserved for them.
 
     Every waiter reserves one slot when it arrives, as a blocked thread does: a process holds
     as many places in the shared order as it has waiters, whatever kind they are, so equal
@@ -39,6 +39,10 @@ class _Line:
     of its line uses it. The pool then holds one slot more than the waiters that count on it:
     that surplus is given back to the shared state while it is the latest reservation there,
     and otherwise kept for the next waiter to arrive.
+
+    One line per weight ``n``: a slot reserved for ``n`` units admits exactly ``n`` (a lighter
+    waiter would waste the rest, a heavier one cannot use it), so slots are handed on only
+    between waiters asking the same weight.
     """
 
     __slots__ = ("live", "owed", "slots", "waiters")
@@ -47,7 +51,7 @@ class _Line:
         self.waiters: deque[_Waiter] = deque()  # FIFO; the ones that left are skipped lazily
         self.live = 0  # waiters still waiting
         self.owed = 0  # waiters counting on a slot of the pool
-        self.slots: deque[tuple[int, Reservation]] = deque()  # (weight, reservation), by time
+        self.slots: deque[Reservation] = deque()  # by time
 
     def first(self) -> _Waiter | None:
         waiters = self.waiters
@@ -55,18 +59,18 @@ class _Line:
             waiters.popleft()
         return waiters[0] if waiters else None
 
-    def spare(self) -> tuple[int, Reservation] | None:
+    def spare(self) -> Reservation | None:
         """The slot a waiter arriving now would be served on, if the pool has one for it."""
         return self.slots[self.owed] if len(self.slots) > self.owed else None
 
-    def add(self, slot: tuple[int, Reservation]) -> None:
+    def add(self, reservation: Reservation) -> None:
         """A new reservation into the pool, in time order (the latest, on this host)."""
         slots = self.slots
-        if not slots or slots[-1][1][0] <= slot[1][0]:
-            slots.append(slot)
+        if not slots or slots[-1][0] <= reservation[0]:
+            slots.append(reservation)
         else:  # a remote backend's replies may come back out of order
-            index = bisect.bisect(slots, slot[1][0], key=lambda item: item[1][0])
-            slots.insert(index, slot)
+            index = bisect.bisect(slots, reservation[0], key=lambda item: item[0])
+            slots.insert(index, reservation)
 
 
 _get_running_loop = asyncio._get_running_loop
@@ -87,10 +91,11 @@ class AsyncRateLimiter:
     Each waiting task reserves its slot in the shared state when it arrives (a few system
     calls that never block), as a blocked thread does, and sleeps on the event loop: 10,000
     waiting tasks cost no thread, and processes with as many waiters, whether threads, asyncio
-    or trio tasks, get equal shares. The waiters of one process (per event loop) are served
-    first come, first served. A waiter that is cancelled or times out leaves its slot to the
-    next waiter of its loop; the one slot this leaves over goes back to the shared state when
-    no reservation was made after it, and otherwise to the next waiter to arrive.
+    or trio tasks, get equal shares. The waiters of one process (per event loop) asking the
+    same weight are served first come, first served. A waiter that is cancelled or times out
+    leaves its slot to the next waiter of its loop asking that weight; the one slot this leaves
+    over goes back to the shared state when no reservation was made after it, and otherwise to
+    the next waiter to arrive.
 
     Args:
         limiter: A `RateLimiter`, or the arguments of an anonymous one: a number per second
@@ -120,7 +125,7 @@ class AsyncRateLimiter:
 
     def _adopt(self, limiter: RateLimiter) -> None:
         self._limiter = limiter
-        self._queues: dict[object, _Line] = {}  # per event loop
+        self._queues: dict[object, _Line] = {}  # per (event loop, weight)
         self._lock = threading.Lock()
 
     @property
@@ -148,11 +153,17 @@ class AsyncRateLimiter:
         """The limiter's host-wide name, or None."""
         return self._limiter.name
 
-    def _line(self, loop: object) -> _Line:
-        line = self._queues.get(loop)
+    def _line(self, key: object) -> _Line:
+        line = self._queues.get(key)
         if line is None:
             with self._lock:
-                line = self._queues.setdefault(loop, _Line())
+                # Lines nobody waits in any more, whose left-over slots have all passed, go
+                # (they would keep the event loop of a finished `asyncio.run` alive).
+                now = self._limiter._now_ns()
+                for other, idle in list(self._queues.items()):
+                    if not idle.live and (not idle.slots or idle.slots[-1][0] < now):
+                        del self._queues[other]
+                line = self._queues.setdefault(key, _Line())
         return line
 
     async def acquire(self, n: int = 1, *, timeout: float | None = None) -> bool:
@@ -175,7 +186,7 @@ class AsyncRateLimiter:
         seconds = None if timeout is None else check_timeout(timeout)
         loop: object = _get_running_loop()  # asyncio's, in C; None on trio
         if loop is not None:  # asyncio: no checkpoint is owed
-            if loop not in self._queues and (
+            if (loop, n) not in self._queues and (
                 limiter._take_now(n) if self._local else self._admit_now(n)
             ):  # allowed now, nobody before us
                 return True
@@ -184,7 +195,7 @@ class AsyncRateLimiter:
 
             await anyio.lowlevel.checkpoint_if_cancelled()
             loop = trio.lowlevel.current_trio_token()
-            if loop not in self._queues and (
+            if (loop, n) not in self._queues and (
                 limiter._take_now(n) if self._local else self._admit_now(n)
             ):
                 await anyio.lowlevel.cancel_shielded_checkpoint()
@@ -195,21 +206,22 @@ class AsyncRateLimiter:
             seconds = None
         now = limiter._now_ns()
         deadline = None if seconds is None else now + max(0, int(seconds * 1e9))
-        return await self._wait(loop, self._line(loop), _Waiter(n), deadline)
+        key = (loop, n)
+        return await self._wait(key, self._line(key), _Waiter(n), deadline)
 
-    async def _wait(self, loop: object, line: _Line, waiter: _Waiter, deadline: int | None) -> bool:
+    async def _wait(self, key: object, line: _Line, waiter: _Waiter, deadline: int | None) -> bool:
         now_ns = self._limiter._now_ns  # the clock of the slots
         if not line.live:  # slots left by waiters gone: drop those that passed unused
-            while line.slots and line.slots[0][1][0] < now_ns():
-                await self._drop(line, 0)
+            while line.slots and line.slots[0][0] < now_ns():
+                await self._drop(line)
         n = waiter.n
         line.waiters.append(waiter)
         line.live += 1
         admitted = False
         try:
             spare = line.spare()
-            if spare is not None and spare[0] >= n:  # a slot given up by a waiter gone
-                if deadline is not None and spare[1][0] > deadline:
+            if spare is not None:  # a slot given up by a waiter gone
+                if deadline is not None and spare[0] > deadline:
                     return False  # the spare slot is the earliest it could get
                 waiter.owns = True
                 line.owed += 1
@@ -218,21 +230,15 @@ class AsyncRateLimiter:
                 reservation = await self._reserve(n, max_wait)
                 if reservation is None:
                     return False
-                line.add((n, reservation))
+                line.add(reservation)
                 waiter.owns = True
                 line.owed += 1
-            # Its slot only comes earlier from now on; the deadline stays as a safety net.
+            # Its slot only comes earlier from now on (the deadline is a safety net): the
+            # pool holds a slot for every waiter counting on one, the earliest first.
             with anyio.move_on_after(_remaining(deadline, now_ns(), grace=10_000_000)):
                 if line.first() is not waiter:
                     await waiter.event.wait()
-                while line.slots and line.slots[0][0] < n:  # a lighter slot: unusable here
-                    await self._drop(line, 0)
-                if not line.slots:  # lost some to weight mismatches: reserve again
-                    reservation = await self._reserve(n, _remaining_ns(deadline, now_ns()))
-                    if reservation is None:
-                        return False
-                    line.add((n, reservation))
-                slot = line.slots[0][1][0]
+                slot = line.slots[0][0]
                 while (delay := slot - now_ns()) > 0:
                     await anyio.sleep(delay / 1e9)
                 line.slots.popleft()  # admitted on the earliest slot
@@ -248,15 +254,14 @@ class AsyncRateLimiter:
                 nxt.event.set()  # the next waiter sleeps until the earliest slot
             if not admitted and len(line.slots) > line.owed:
                 with anyio.CancelScope(shield=True):  # give the surplus back while it is latest
-                    while len(line.slots) > line.owed and await self._give_back(line.slots[-1][1]):
+                    while len(line.slots) > line.owed and await self._give_back(line.slots[-1]):
                         line.slots.pop()
-            if not line.live and not line.slots and self._queues.get(loop) is line:
-                del self._queues[loop]
+            if not line.live and not line.slots and self._queues.get(key) is line:
+                del self._queues[key]
 
-    async def _drop(self, line: _Line, index: int) -> None:
-        """Remove a slot from the pool: given back if it is the latest reservation, else lost."""
-        _, reservation = line.slots[index]
-        del line.slots[index]
+    async def _drop(self, line: _Line) -> None:
+        """Remove the earliest slot: given back if it is the latest reservation, else lost."""
+        reservation = line.slots.popleft()
         with anyio.CancelScope(shield=True):
             await self._give_back(reservation)
 

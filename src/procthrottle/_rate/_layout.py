@@ -92,19 +92,10 @@ class Layout:
             (count, period / 1e9) for count, period in self.quotas
         ]
 
-    def describe(self) -> str:
-        """The configuration in words, precisely enough to tell two configurations apart."""
-        parts = [f"one every {self.interval:,} ns ({_number(1e9 / self.interval)} per second)"]
-        parts += [
-            f"at most {count} in any {_number(period / 1e9)} s" for count, period in self.quotas
-        ]
-        return ", ".join(parts) + f", burst={self.burst}"
-
 
 def _number(value: float) -> str:
     """A number with as many digits as it takes (10, 2.5, 10.0000001)."""
-    text = f"{value:.10g}"
-    return text
+    return f"{value:.10g}"
 
 
 def differences(theirs: Layout, ours: Layout) -> list[str]:

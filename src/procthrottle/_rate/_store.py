@@ -25,7 +25,6 @@ from __future__ import annotations
 import array
 import ctypes
 import errno
-import hashlib
 import os
 import sys
 import threading
@@ -36,24 +35,22 @@ import sysv_ipc
 
 from .._exceptions import SemaphoreClosedError
 from .._kernel import _libc, _naming, _registry
+from ._header import ANONYMOUS_TAG as ANONYMOUS_TAG
+from ._header import HALF_MADE as HALF_MADE
+from ._header import Header as Header
+from ._header import _has_size
+from ._header import init_ops as init_ops
+from ._header import initial as initial
+from ._header import inspect as inspect
+from ._header import name_tag as name_tag
+from ._header import read_header as read_header
 from ._layout import ATTACH as ATTACH
 from ._layout import (
-    BURST,
-    HEADER,
-    MAGIC,
-    MAGIC_VALUE,
-    MAX_QUOTAS,
     MAX_TIME,
-    NRATES,
-    TAG_HI,
-    TAG_LO,
-    WORD_MASK,
     WORDS,
     Layout,
-    decode,
 )
 
-ANONYMOUS_TAG = (0, 0)
 GETALL = 6 if sys.platform == "darwin" else 13
 
 _getall = _libc.libc["semctl"]
@@ -70,126 +67,6 @@ _semop.restype = ctypes.c_int
 _ATTACH = _libc.ops((ATTACH, 1, _libc.SEM_UNDO))
 _DETACH = _libc.ops((ATTACH, -1, _libc.SEM_UNDO | _libc.IPC_NOWAIT))
 IF_UNUSED = _libc.ops((ATTACH, 0, _libc.IPC_NOWAIT))
-
-
-def initial(tag: tuple[int, int], layout: Layout) -> list[int]:
-    values = [MAGIC_VALUE, 0, *tag, layout.burst, 1 + len(layout.quotas)]
-    values += layout.config_words()
-    return values + [0] * (layout.nsems - len(values))
-
-
-def name_tag(name: str) -> tuple[int, int]:
-    digest = hashlib.blake2b(name.encode(), digest_size=4, person=b"procthrottle.rtg").digest()
-    value = int.from_bytes(digest, "big")
-    return ((value >> 15) & WORD_MASK) or 1, value & WORD_MASK
-
-
-def init_ops(
-    tag: tuple[int, int], layout: Layout, *, attach: bool = False
-) -> ctypes.Array[_libc.SemBuf]:
-    """Write a set's header in one ``semop``, only while its magic word is still 0.
-
-    With ``attach``, the same ``semop`` attaches this process: a new anonymous set is never
-    seen finished but unattached (which the sweep of another process would remove).
-    """
-    triples = [(MAGIC, 0, _libc.IPC_NOWAIT)]
-    for word, value in enumerate(initial(tag, layout)):
-        if value and word != ATTACH:
-            triples.append((word, value, 0))
-    if attach:
-        triples.append((ATTACH, 1, _libc.SEM_UNDO))
-    return _libc.ops(*triples)
-
-
-class Header:
-    """What a set says about itself: owner tag and configuration (none: half-made)."""
-
-    __slots__ = ("layout", "tag")
-
-    def __init__(self, tag: tuple[int, int], layout: Layout | None) -> None:
-        self.tag, self.layout = tag, layout
-
-    @property
-    def half_made(self) -> bool:
-        """Its creator made it but nobody has written its header yet."""
-        return self.layout is None
-
-    @property
-    def burst(self) -> int:
-        return 0 if self.layout is None else self.layout.burst
-
-    def pairs(self) -> list[tuple[float, float]]:
-        """``(rate, per)`` of the main rate and of each window quota (none if half-made)."""
-        return [] if self.layout is None else self.layout.pairs()
-
-
-HALF_MADE = Header(ANONYMOUS_TAG, None)
-
-
-def _has_size(semid: int, size: int) -> bool:
-    """Whether the set has exactly ``size`` semaphores."""
-    try:
-        _libc.getval(semid, size - 1)
-    except OSError as exc:
-        if exc.errno == errno.EINVAL and _libc.getval(semid, 0) >= 0:
-            return False  # smaller (EINVAL for the set itself propagates from getval(0))
-        raise
-    try:
-        _libc.getval(semid, size)
-    except OSError as exc:
-        if exc.errno != errno.EINVAL:
-            raise
-        return True
-    return False
-
-
-def read_header(semid: int) -> Header | None:
-    """The header of a rate set (`HALF_MADE` if it has none yet); None for any other set.
-
-    Raises OSError (EINVAL, EIDRM) if the set is removed meanwhile.
-    """
-    magic = _libc.getval(semid, MAGIC)
-    if magic == 0:  # the header is written by one semop: all of it, or none yet
-        return HALF_MADE if _libc.getval(semid, NRATES) == 0 else None
-    if magic != MAGIC_VALUE:
-        return None
-    count = _libc.getval(semid, NRATES)
-    if not 1 <= count <= 1 + MAX_QUOTAS:
-        return None
-    config_end = HEADER + WORDS + (WORDS + 1) * (count - 1)
-    try:  # one value at a time: GETALL needs a buffer of the set's size, not known yet
-        words = [_libc.getval(semid, i) for i in range(config_end)]
-    except OSError as exc:
-        if exc.errno == errno.EINVAL and _libc.getval(semid, 0) >= 0:
-            return None  # too small for its own header: not ours
-        raise
-    quotas = []
-    for at in range(HEADER + WORDS, config_end, WORDS + 1):
-        quotas.append((words[at], decode(words, at + 1)))
-    interval = decode(words, HEADER)
-    if not interval or any(not count or not period for count, period in quotas):
-        return None
-    layout = Layout(words[BURST], interval, quotas)
-    if not _has_size(semid, layout.nsems):
-        return None
-    return Header((words[TAG_HI], words[TAG_LO]), layout)
-
-
-def inspect(semid: int) -> Header | None:
-    """The header of a finished procthrottle rate set; None for any other set or none."""
-    try:
-        header = read_header(semid)
-    except OSError:
-        return None
-    return None if header is None or header.half_made else header
-
-
-def read_all(semid: int, size: int) -> list[int]:
-    buffer = (ctypes.c_ushort * size)()
-    if _getall(semid, 0, GETALL, buffer) < 0:
-        code = ctypes.get_errno()
-        raise OSError(code, os.strerror(code))
-    return list(buffer)
 
 
 def lookup(key: int) -> int | None:
