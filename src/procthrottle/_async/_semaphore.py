@@ -235,3 +235,7 @@ class AsyncSemaphore:
     def _debug_state(self) -> dict[str, Any]:
         core = self._core
         return {"gate": len(core.gate), "queue": len(core.queue), "thread": core.thread}
+
+# What `inspect.signature(AsyncSemaphore)` (and so the reference) shows: the arguments of
+# __init__, not the catch-all ones of the __new__ that picks a semaphore's own adapter.
+AsyncSemaphore.__new__.__signature__ = inspect.signature(AsyncSemaphore.__init__)  # type: ignore[attr-defined]
