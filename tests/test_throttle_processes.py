@@ -87,6 +87,46 @@ def test_a_worker_that_only_imported_the_function_refuses_to_call_it(
     assert not (tmp_path / "intervals").exists()  # the body never ran
 
 
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("method", ["spawn", "forkserver"])
+@pytest.mark.parametrize(
+    "which", ["explicit_semaphore", "explicit_async_semaphore", "explicit_rate"]
+)
+def test_an_explicit_anonymous_bound_made_at_import_is_refused_too(
+    method: str, which: str, tmp_path: Path
+) -> None:
+    """`@throttle(ProcessSemaphore(1))`, `@throttle(AsyncSemaphore(1))` and
+    `@throttle(rate=RateLimiter(...))` made by the worker's own import are as much its own as
+    `@throttle(1)`'s: refused, not run with a bound of the worker's own."""
+    context = multiprocessing.get_context(method)
+    with ProcessPoolExecutor(2, mp_context=context) as pool:
+        future = pool.submit(throttled_funcs.call_explicit_by_name, which,
+                             str(tmp_path / "intervals"))
+        with pytest.raises(ProcThrottleError, match="name=") as raised:
+            future.result(timeout=60)
+    assert which in str(raised.value)
+    assert not (tmp_path / "intervals").exists()  # the body never ran
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("forward", ["forward_to_a_pool", "forward_to_a_fork"])
+def test_a_process_never_given_the_bound_does_not_pass_its_own_on(
+    forward: str, tmp_path: Path
+) -> None:
+    """A spawned child that only imported the module neither sends its own semaphore on to
+    its pool (pickling refuses) nor lets a child it forks use it."""
+    record = tmp_path / "intervals"
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(1, mp_context=context) as pool:
+        future = pool.submit(getattr(throttled_funcs, forward), str(record))
+        if forward == "forward_to_a_pool":
+            with pytest.raises(ProcThrottleError, match="name="):
+                future.result(timeout=90)
+        else:
+            assert future.result(timeout=90) == 1  # the grandchild raised, exit code 1
+    assert not record.exists()  # the body never ran
+
+
 PRELOADED = """\
 import multiprocessing, sys
 from concurrent.futures import ProcessPoolExecutor

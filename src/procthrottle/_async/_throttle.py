@@ -56,8 +56,12 @@ def throttle(
     it reaches: forked children, and pool workers under fork, spawn and forkserver that receive
     it (``pool.submit(fn, ...)``, ``Process(target=fn)``). A process started by
     `multiprocessing` that only imported the function's module (and so made an anonymous
-    semaphore of its own) raises `ProcThrottleError` at its first call instead of running
-    with a bound of its own.
+    semaphore or rate limiter of its own: from an ``int``, a string rate, or an explicit
+    ``ProcessSemaphore(1)`` / ``AsyncSemaphore(1)`` / ``RateLimiter(...)`` at module level)
+    raises `ProcThrottleError` at its first call instead of running with a bound of its own,
+    and refuses to send the function on (to its own pool, or to a child it forks). Functions
+    made by a factory (``make(1)``, a ``<locals>`` name) cannot be sent and are not checked:
+    give them a named bound if they run in processes that import them.
 
     Args:
         limit_or_semaphore: An `int` limit, a `ProcessSemaphore` or an `AsyncSemaphore`.

@@ -57,7 +57,10 @@ class Limits:
 
     ``made_sem`` / ``made_rate`` are true while the semaphore / rate limiter is an anonymous
     one that ``throttle`` made in this process from an ``int`` / a rate string, and no other
-    process's pickle replaced it.
+    process's pickle replaced it (it is closed when one does). ``local`` is true while the
+    semaphore or the rate limiter is anonymous and made in this process (by ``throttle`` or by
+    the caller, e.g. a module-level ``ProcessSemaphore(1)``), not received by pickle: such a
+    bound is shared only with the processes forked from it.
     """
 
     __slots__ = (
@@ -67,9 +70,11 @@ class Limits:
         "adapter",
         "checked",
         "gate",
+        "local",
         "made_rate",
         "made_sem",
         "sem",
+        "top",
         "what",
     )
 
@@ -85,7 +90,18 @@ class Limits:
     ) -> None:
         self.sem, self.adapter, self.gate = sem, adapter, gate
         self.made_sem, self.made_rate, self.what = made_sem, made_rate, what
+        self.local = (
+            made_sem or made_rate or _made_here(sem) or _made_here(_rate_source(gate))
+        )
         self._pid = os.getpid()
+        # Made in a process that multiprocessing did not start (the program itself): a local
+        # bound is the program's own bound only in the processes forked from such a process.
+        # (A spawned child imports its modules before multiprocessing sets its parent process,
+        # while its current process is `_inheriting`.)
+        current = multiprocessing.current_process()
+        self.top = multiprocessing.parent_process() is None and not getattr(
+            current, "_inheriting", False
+        )
         self.checked = -1  # the `forks` value when check_shared last passed
         self._carried: tuple[bytes | None, bytes | None] | None = None
         self._lock = threading.Lock()
@@ -117,7 +133,7 @@ class Limits:
                 for old in made:  # made here at import and never used across processes
                     if old is not None:
                         old.close()
-            self.made_sem = self.made_rate = False
+            self.made_sem = self.made_rate = self.local = False
             self._carried = carried
 
     def _own(self) -> tuple[bytes | None, bytes | None] | None:
@@ -129,24 +145,28 @@ class Limits:
     def check_shared(self, function: str) -> None:
         """Refuse a bound that would silently be this process's own (see the module's doc).
 
-        In a process started by `multiprocessing`, an anonymous semaphore (or rate) that
-        ``throttle`` made and no pickle replaced is shared with the parent only if this process
-        was forked from that parent after it was made. It is not when this process made it
-        (spawn, or an import after a fork), nor when it came by fork from another process
-        than the parent (forkserver: the server, which may have imported the module itself).
+        In a process started by `multiprocessing`, a local bound (an anonymous semaphore or
+        rate made in a process and no pickle replaced) is shared with the parent only if this
+        process was forked from that parent after it was made, and the maker was the program
+        itself. It is not when this process made it (spawn, or an import after a fork), when
+        it came by fork from another process than the parent (forkserver: the server, which
+        may have imported the module itself), nor when the maker was itself such a process (a
+        spawned worker that imported the module and forked).
         """
         pid = os.getpid()
-        made = self.made_sem or self.made_rate
         parent = multiprocessing.parent_process()
-        if made and parent is not None and (self._pid == pid or _fork_parent != parent.pid):
+        if self.local and parent is not None and (
+            not self.top or self._pid == pid or _fork_parent != parent.pid
+        ):
             raise ProcThrottleError(
                 f"{function} is {self.what} with an anonymous {_kinds(self)} made when this "
-                "process (or the forkserver it came from) imported the function's module, not "
-                "the one of the process that started it: calls here would not share that "
-                "bound. Send the decorated function itself to this process "
-                "(pool.submit(fn, ...), Process(target=fn)): "
-                "it carries its semaphore and rate. Or make the bound host-wide by name: "
-                "@throttle(N, name='...')"
+                "process (or the process it was forked from: a forkserver, a worker) imported "
+                "the function's module, not the one of the program that started it: calls "
+                "here, or in processes it sends the function to, would not share that bound. "
+                "Send the decorated function itself to this process from the program "
+                "(pool.submit(fn, ...), Process(target=fn)): it carries its semaphore and "
+                "rate. Or make the bound host-wide by name: @throttle(N, name='...'), "
+                "ProcessSemaphore(N, name='...'), RateLimiter(..., name='...')"
             )
         self.checked = forks
 
@@ -197,6 +217,8 @@ class Throttled(functools.partial):  # type: ignore[type-arg]
         return f"function {self.__module__}.{qualname}"
 
     def __reduce__(self) -> tuple[Any, ...]:
+        if self._limits.checked != forks:  # a bound this process never shared is not sent on
+            self._limits.check_shared(self._where())
         module, qualname = self.__module__, getattr(self, "__qualname__", None)
         if qualname is None:
             raise pickle.PicklingError(
@@ -264,6 +286,14 @@ def _rate_source(gate: RateGate | None) -> Any:
     return limiter.limiter if type(limiter) is AsyncRateLimiter else limiter
 
 
+def _made_here(obj: object) -> bool:
+    """Whether ``obj`` is an anonymous semaphore or rate limiter made in this process (or the
+    process it was forked from, before the fork), not one received by pickle."""
+    return bool(getattr(obj, "_made", False))
+
+
 def _kinds(limits: Limits) -> str:
-    made = (("semaphore", limits.made_sem), ("rate limiter", limits.made_rate))
-    return " and ".join(kind for kind, mine in made if mine)
+    sem = limits.made_sem or _made_here(limits.sem)
+    rate = limits.made_rate or _made_here(_rate_source(limits.gate))
+    made = (("semaphore", sem), ("rate limiter", rate))
+    return " and ".join(kind for kind, mine in made if mine) or "semaphore"

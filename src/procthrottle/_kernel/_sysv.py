@@ -62,7 +62,9 @@ class _Vanished(Exception):
 class SysVSemaphore(ProcessSemaphore):
     """``ProcessSemaphore(crash_safe=True)`` on Linux and macOS."""
 
-    __slots__ = ("_finalizer", "_handle", "_held", "_key", "_limit", "_mode", "_name", "_semid")
+    __slots__ = (
+        "_finalizer", "_handle", "_held", "_key", "_limit", "_made", "_mode", "_name", "_semid"
+    )
 
     _handle: Any  # sysv_ipc.Semaphore with block=False, undo=True; _AttachOnUse; or _Closed
     _finalizer: Finalize | None
@@ -141,6 +143,10 @@ class SysVSemaphore(ProcessSemaphore):
         self, key: int, semid: int, limit: int, name: str | None, mode: int, *, created: bool
     ) -> None:
         self._key, self._semid, self._limit, self._name, self._mode = key, semid, limit, name, mode
+        # An anonymous set this process made (or the process it was forked from, before the fork),
+        # not one it received by pickle: @throttle refuses to use it as a bound in a process that
+        # multiprocessing started by importing the module (see _async/_throttled.py).
+        self._made = created and name is None
         self._held = _tokens(semid, fresh=created)
         self._finalizer = None
         try:

@@ -93,6 +93,7 @@ class RateLimiter(RateLimits):
         "_closed",
         "_finalizer",
         "_layout",
+        "_made",
         "_mode",
         "_name",
         "_pairs",
@@ -131,6 +132,7 @@ class RateLimiter(RateLimits):
             if header.layout.key != layout.key:
                 raise ValueError(self._mismatch(name, header.layout))
         self._setup(store, attached=name is None)
+        self._made = name is None
 
     def _configure(
         self, pairs: list[tuple[float, float]], layout: Layout, name: str | None
@@ -142,6 +144,7 @@ class RateLimiter(RateLimits):
         self._closed: str | None = None
         self._attached = False
         self._finalizer = None
+        self._made = False  # an anonymous limiter made here, not received (see ProcessSemaphore)
 
     def _mismatch(self, name: str, theirs: Layout) -> str:
         return (
