@@ -25,7 +25,7 @@ import pytest
 from _leaks import made_since
 from helpers import PYTHON, python_env, sysv_sets, unique_name
 from kernel_attack import as_user, run_child, sets_with_key
-from procthrottle import ProcessSemaphore, RateLimiter
+from procthrottle import ProcessSemaphore, RateLimiter, SemaphoreClosedError
 from procthrottle._kernel import _inventory, _libc, _naming
 from procthrottle._kernel._owner import NameConflictError
 from procthrottle._rate import _store
@@ -417,3 +417,19 @@ def test_named_limiters_are_listed_and_unlinked_like_semaphores(named: str) -> N
     assert named in _registry.rate_names()
     again.unlink()  # forgets the name too
     assert named not in _registry.rate_names()
+
+
+def test_a_limiter_unpickled_after_its_name_was_removed_is_an_error_not_a_new_one() -> None:
+    """As for semaphores: a named limiter sent to a process joins the name, and a name
+    unlinked meanwhile raises instead of making a second limiter with a rate of its own."""
+    named = unique_name("pt-sent-rate")
+    limiter = RateLimiter("10/s", name=named)
+    sent = pickle.dumps(limiter)
+    joined = pickle.loads(sent)
+    assert joined.acquire(block=False)
+    assert not limiter.acquire(block=False)  # one shared state: the slot was taken
+    joined.close()
+    limiter.unlink()
+    with pytest.raises(SemaphoreClosedError, match="removed from the host"):
+        pickle.loads(sent)
+    assert _store.find_named(named) is None  # nothing was made

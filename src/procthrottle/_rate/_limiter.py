@@ -333,6 +333,13 @@ class RateLimiter(RateLimits):
 def _open_named(
     name: str, pairs: list[tuple[float, float]], burst: int, mode: int = DEFAULT_MODE
 ) -> RateLimiter:
+    """Unpickling joins the name the sender had open: a name removed from the host since it
+    was sent is an error here, not a second limiter of that name with a rate of its own."""
+    if shared.find_named(name) is None:
+        raise SemaphoreClosedError(
+            f"the rate limiter {name!r} sent to this process was removed from the host "
+            "(unlinked) since: open it again by name in the sender, or send the new one"
+        )
     return RateLimiter(*pairs[0], burst=burst, name=name, extra=pairs[1:], mode=mode)
 
 
