@@ -204,7 +204,7 @@ def _list(*, as_json: bool) -> int:
     ]
     for info in found:
         rows.append((
-            info.name, "crash-safe" if info.crash_safe else "posix",
+            info.name, "crash-safe" if info.crash_safe else "no-crash-safe",
             str(info.limit), str(info.value), str(info.held),
             *("-" if v is None else str(v) for v in (info.attached, info.waiting, info.last_pid)),
         ))

@@ -66,7 +66,7 @@ def _mismatch(name: str, limit: int | None, crash_safe: bool) -> CliError | None
                 what = "a crash-safe semaphore"
             else:
                 fix = "add --no-crash-safe to join it"
-                what = "a semaphore made with --no-crash-safe (the POSIX kernel)"
+                what = "a semaphore made with --no-crash-safe"
             return CliError(f"{name!r} is {what}: {fix}, {unlink}", EXIT_USAGE)
         if limit is not None and info.limit and info.limit != limit:
             return CliError(

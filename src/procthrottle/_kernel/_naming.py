@@ -256,7 +256,8 @@ def open_or_create_named(
     if limit is not None and existing != limit:
         raise ValueError(
             f"{what} already exists with limit={existing}, not {limit}; open it with "
-            f"limit={existing} (or ProcessSemaphore.open({name!r})), or unlink it first "
+            f"limit={existing} (or ProcessSemaphore.open({name!r}"
+            f"{'' if crash_safe else ', crash_safe=False'})), or unlink it first "
             f"(`procthrottle unlink {name}`)"
         )
     if created and _exists_at(rate_key(name)):  # a rate limiter's creator raced us: neither wins
