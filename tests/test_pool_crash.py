@@ -242,3 +242,26 @@ def _alive(pid: int) -> bool:
             return f.read().split(") ")[-1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_a_pickling_problem_travels_where_tblib_pickles_exception_chains() -> None:
+    """Dask installs tblib's pickling support, which pickles an exception's chain and
+    traceback: the PicklingError made for an exception that cannot be pickled must not carry
+    that exception along in its chain (it came back as an unrebuildable error instead)."""
+    out = tasks.run_script(
+        """
+        import pickle
+        from tblib import pickling_support
+        pickling_support.install()
+        from procthrottle import ThrottledProcessPool
+        import pool_tasks as tasks
+        if __name__ == "__main__":
+            with ThrottledProcessPool(1, 1) as pool:
+                exc = pool.submit(tasks.raise_error_that_exits_when_pickled).exception(timeout=30)
+                assert isinstance(exc, pickle.PicklingError), repr(exc)
+                assert "raised SystemExit: no pickling this" in str(exc)
+            print("ok")
+        """
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"

@@ -192,6 +192,10 @@ def encode_error(exc: BaseException) -> bytes:
         tb += "\nWhile pickling that exception:\n" + "".join(
             traceback.format_exception(type(problem), problem, problem.__traceback__)
         )
+        # Its chain and traceback are in `tb` now; they stay behind: a process where tblib's
+        # pickling support is installed (Dask does) would pickle them too, and the chain holds
+        # the exception that could not be pickled.
+        problem.__cause__ = problem.__context__ = problem.__traceback__ = None
         try:
             blob = pickle.dumps(problem, PROTOCOL)
         except BaseException:  # pragma: no cover - a pickling error that does not pickle
