@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import math
 import os
 import sys
 import time
-import traceback
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -57,6 +55,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     except Exception as exc:
         if os.environ.get("PROCTHROTTLE_DEBUG"):
+            import traceback  # only here: every other call saves its import
+
             traceback.print_exc()
         _say(f"procthrottle: unexpected error: {type(exc).__name__}: {exc} "
              "(PROCTHROTTLE_DEBUG=1 shows the traceback)")
@@ -150,6 +150,8 @@ def _left(deadline: float | None) -> float | None:
 def _status(name: str, *, as_json: bool) -> int:
     """NAME as a semaphore or a rate limiter; also ``NAME.rate``, which ``run --name NAME
     --rate R`` makes beside (or instead of) the semaphore NAME."""
+    import json  # `status` and `list` only: `run` does without it
+
     found = _names.describe(name)
     rates = [_names.describe_rate(name)]
     if not name.endswith(".rate") and len(_names.rate_name(name)) <= MAX_NAME_LENGTH:
@@ -194,6 +196,8 @@ def _line(info: NamedInfo) -> str:
 
 
 def _list(*, as_json: bool) -> int:
+    import json
+
     found = _names.list_named()
     rates = _names.list_rates()
     if as_json:
