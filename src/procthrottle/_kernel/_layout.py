@@ -32,22 +32,24 @@ def nsems(crash_safe: bool) -> int:
 
 def size(semid: int) -> int | None:
     """How many semaphores the set has, if it is 5 or 6 (a semaphore of ours); else None."""
-    try:
-        _libc.getval(semid, NSEMS_SHARED)  # a seventh semaphore: not one of ours
-    except OSError as exc:
-        if exc.errno != errno.EINVAL:
-            raise
-    else:
+    if _has(semid, NSEMS_SHARED):  # a seventh semaphore: not one of ours
         return None
+    if _has(semid, NSEMS):
+        return NSEMS_SHARED
+    _libc.getval(semid, 0)  # raises if the set is gone, rather than misjudge its size
+    found = _layout(semid)  # None (fewer than five), or five
+    return None if found is None else NSEMS
+
+
+def _has(semid: int, num: int) -> bool:
+    """Whether the set has a semaphore number ``num`` (EINVAL: it has fewer)."""
     try:
-        _libc.getval(semid, NSEMS)
+        _libc.getval(semid, num)
     except OSError as exc:
         if exc.errno != errno.EINVAL:
             raise
-        _libc.getval(semid, 0)  # raises if the set is gone, rather than misjudge its size
-        found = _layout(semid)  # None (fewer than five), or five
-        return None if found is None else NSEMS
-    return NSEMS_SHARED
+        return False
+    return True
 
 
 def is_crash_safe(semid: int) -> bool | None:
@@ -58,12 +60,7 @@ def is_crash_safe(semid: int) -> bool | None:
 
 def _layout(semid: int) -> tuple[tuple[int, int], int] | None:
     """``(tag, limit)`` of a semaphore set of either kernel; None if it has another size."""
-    try:
-        _libc.getval(semid, NSEMS_SHARED)  # a seventh semaphore: not one of ours
-    except OSError as exc:
-        if exc.errno != errno.EINVAL:
-            raise
-    else:
+    if _has(semid, NSEMS_SHARED):  # a seventh semaphore: not one of ours
         return None
     try:
         # The limit first: the set-up semop writes limit and tag at once, so a nonzero limit
